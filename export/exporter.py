@@ -1,0 +1,277 @@
+"""Orchestrate an export: load, trace each graph, validate it, write tokenizer and manifest, atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from musicgen_onnx.runtime.manifest import (
+    AudioSpec,
+    DecoderSpec,
+    GenerationDefaults,
+    GraphSpec,
+    Manifest,
+    TextSpec,
+    sha256_file,
+)
+
+from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
+from .onnx_io import DEFAULT_OPSET, export_module
+from .validate import FP32_TOLERANCE, validate_graph
+
+logger = logging.getLogger("musicgen_onnx")
+
+TOKENIZER_FILE = "tokenizer.json"
+#: T5's relative attention has no hard limit; this bounds memory and matches the T5 tokenizer.
+MAX_TEXT_TOKENS = 512
+
+
+class ExportError(RuntimeError):
+    """The export could not be completed; the target directory was left untouched."""
+
+
+@dataclass
+class GraphPlan:
+    role: str
+    file: str
+    build: Callable[[Any], Any]  # model -> wrapper nn.Module
+    inputs: Callable[[Any, Any], tuple]  # (model, wrapper) -> example inputs for tracing
+    names: Callable[[Any], tuple[list[str], list[str], dict]]  # wrapper -> (inputs, outputs, dynamic axes)
+
+
+def _plans(include_audio_encoder: bool) -> list[GraphPlan]:
+    from musicgen_onnx.graphs import (
+        CrossKV,
+        DecoderStep,
+        EncodecDecode,
+        EncodecEncode,
+        TextEncoder,
+        cross_kv,
+        decoder,
+        encodec_decode,
+        encodec_encode,
+        text_encoder,
+    )
+
+    plans = [
+        GraphPlan(
+            "text_encoder",
+            "text_encoder.onnx",
+            TextEncoder,
+            lambda m, w: w.example_inputs(2, 7, m.text_encoder.config.vocab_size),
+            lambda w: (text_encoder.INPUT_NAMES, text_encoder.OUTPUT_NAMES, text_encoder.DYNAMIC_AXES),
+        ),
+        GraphPlan(
+            "cross_kv",
+            "cross_kv.onnx",
+            CrossKV,
+            lambda m, w: (__import__("torch").randn(2, 5, m.decoder.config.hidden_size),),
+            lambda w: (
+                cross_kv.INPUT_NAMES,
+                cross_kv.output_names(w.num_layers),
+                cross_kv.dynamic_axes(w.num_layers),
+            ),
+        ),
+        GraphPlan(
+            "decoder",
+            "decoder.onnx",
+            DecoderStep,
+            lambda m, w: w.example_inputs(2, 3, 2, 5, m.decoder.config.vocab_size),
+            lambda w: (
+                decoder.input_names(w.num_layers),
+                decoder.output_names(w.num_layers),
+                decoder.dynamic_axes(w.num_layers),
+            ),
+        ),
+        GraphPlan(
+            "encodec_decode",
+            "encodec_decode.onnx",
+            EncodecDecode,
+            lambda m, w: w.example_inputs(2, 9),
+            lambda w: (encodec_decode.INPUT_NAMES, encodec_decode.OUTPUT_NAMES, encodec_decode.DYNAMIC_AXES),
+        ),
+    ]
+    if include_audio_encoder:
+        plans.append(
+            GraphPlan(
+                "encodec_encode",
+                "encodec_encode.onnx",
+                EncodecEncode,
+                lambda m, w: w.example_inputs(2, 640 * 9 + 123),
+                lambda w: (
+                    encodec_encode.INPUT_NAMES,
+                    encodec_encode.OUTPUT_NAMES,
+                    encodec_encode.DYNAMIC_AXES,
+                ),
+            )
+        )
+    return plans
+
+
+def _describe_size(path: Path, external: list[str]) -> str:
+    size = path.stat().st_size + sum((path.parent / name).stat().st_size for name in external)
+    return f"{size / 1e6:.1f} MB"
+
+
+def _build_manifest(ckpt: LoadedCheckpoint, graphs: dict[str, GraphSpec], files: dict[str, str]) -> Manifest:
+    model = ckpt.model
+    dec = model.decoder.config
+    codec = model.audio_encoder.config
+    hop = 1
+    for ratio in codec.upsampling_ratios:
+        hop *= int(ratio)
+    num_quantizers = model.audio_encoder.quantizer.get_num_quantizers_for_bandwidth(
+        codec.target_bandwidths[0]
+    )
+    return Manifest(
+        source=ckpt.source,
+        random_weights=ckpt.random_weights,
+        precision="fp32",
+        audio=AudioSpec(
+            sampling_rate=int(codec.sampling_rate),
+            frame_rate=int(codec.sampling_rate) // hop,
+            hop_length=hop,
+            channels=int(dec.audio_channels),
+            codec_codebooks=int(num_quantizers),
+            codec_vocab_size=int(codec.codebook_size),
+        ),
+        decoder=DecoderSpec(
+            num_codebooks=int(dec.num_codebooks),
+            vocab_size=int(dec.vocab_size),
+            num_layers=int(dec.num_hidden_layers),
+            num_heads=int(dec.num_attention_heads),
+            head_dim=int(dec.hidden_size // dec.num_attention_heads),
+            hidden_size=int(dec.hidden_size),
+            max_positions=int(dec.max_position_embeddings),
+            pad_token_id=int(dec.pad_token_id),
+            decoder_start_token_id=int(model.generation_config.decoder_start_token_id or dec.pad_token_id),
+        ),
+        text=TextSpec(
+            tokenizer_file=TOKENIZER_FILE,
+            pad_token_id=int(model.text_encoder.config.pad_token_id or 0),
+            hidden_size=int(model.text_encoder.config.d_model),
+            max_tokens=MAX_TEXT_TOKENS,
+        ),
+        generation=GenerationDefaults(**resolved_generation_defaults(model)),
+        graphs=graphs,
+        files=files,
+        exporter=_versions(),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__}
+
+
+def _prepare_target(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def _commit(tmp: Path, output_dir: Path) -> None:
+    """Swap the finished temp dir in; an old export is removed only after the new one is in place."""
+    trash = None
+    if output_dir.exists():
+        trash = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        output_dir.rename(trash)
+    tmp.rename(output_dir)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def export_model(
+    source: str | None,
+    output_dir: str | os.PathLike,
+    *,
+    random_weights: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    include_audio_encoder: bool = True,
+    validate: bool = True,
+    tolerance: float = FP32_TOLERANCE,
+    opset: int = DEFAULT_OPSET,
+    revision: str | None = None,
+) -> Manifest:
+    """Export ``source`` (hub id or local dir) or ``random_weights`` (a released checkpoint's name).
+
+    Everything is written to a temporary directory beside ``output_dir`` and renamed at the end: a
+    failed or interrupted export leaves no half-written model directory.
+    """
+    if (source is None) == (random_weights is None):
+        raise ValueError("give exactly one of a checkpoint source or random_weights=NAME")
+    output_dir = Path(output_dir).expanduser().resolve()
+    _prepare_target(output_dir, overwrite)
+
+    started = time.perf_counter()
+    ckpt = (
+        load_random_weights(random_weights, seed=seed)
+        if random_weights
+        else load_checkpoint(source, revision=revision)
+    )
+    logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        graphs: dict[str, GraphSpec] = {}
+        files: dict[str, str] = {}
+        for plan in _plans(include_audio_encoder):
+            t0 = time.perf_counter()
+            wrapper = plan.build(ckpt.model).eval()
+            in_names, out_names, axes = plan.names(wrapper)
+            path = tmp / plan.file
+            external = export_module(
+                wrapper,
+                plan.inputs(ckpt.model, wrapper),
+                path,
+                input_names=in_names,
+                output_names=out_names,
+                dynamic_axes=axes,
+                opset=opset,
+            )
+            t1 = time.perf_counter()
+            if validate:
+                validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
+            t2 = time.perf_counter()
+            logger.info(
+                "%-15s %-22s %10s  export %5.1f s  validate %5.1f s",
+                plan.role,
+                plan.file,
+                _describe_size(path, external),
+                t1 - t0,
+                t2 - t1,
+            )
+            graphs[plan.role] = GraphSpec(
+                file=plan.file,
+                inputs=in_names,
+                outputs=out_names,
+                sha256=sha256_file(path),
+                external_data=external,
+            )
+            files.update({name: sha256_file(tmp / name) for name in external})
+        ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
+        files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
+        manifest = _build_manifest(ckpt, graphs, files)
+        manifest.save(tmp)
+        _commit(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("export finished in %.1f s: %s", time.perf_counter() - started, output_dir)
+    return manifest

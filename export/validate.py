@@ -1,0 +1,210 @@
+"""Check every exported graph against transformers' own PyTorch modules on fresh inputs.
+
+Inputs differ in shape from the ones used for tracing (other batch sizes, sequence and past lengths,
+EnCodec lengths down to one frame), so a shape frozen by the tracer fails here, not in production.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("musicgen_onnx")
+
+#: fp32 graphs must match PyTorch within this, relative to max(1, max |reference|).
+FP32_TOLERANCE = 1e-4
+
+
+class ValidationError(RuntimeError):
+    """An exported graph disagrees with PyTorch beyond the stated tolerance."""
+
+
+@dataclass
+class Check:
+    graph: str
+    case: str
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance * max(1.0, self.scale)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(graph: str, case: str, ours: list[np.ndarray], ref: list, tol: float) -> Check:
+    worst, scale = 0.0, 0.0
+    for a, b in zip(ours, ref, strict=True):
+        b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
+        if a.shape != b.shape:
+            raise ValidationError(f"{graph} [{case}]: output shape {a.shape} != PyTorch {b.shape}")
+        worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0)
+        scale = max(scale, float(np.max(np.abs(b))) if b.size else 0.0)
+    return Check(graph, case, worst, scale, tol)
+
+
+def hf_decoder_reference(model, input_ids, encoder_attention_mask, cross: list, past: list):
+    """Logits of the last position and present K/V from transformers' MusicgenForCausalLM.
+
+    The past and the cross-attention K/V are fed through transformers' own cache objects, so the
+    reference exercises transformers' attention, masks and positions, not our wrapper.
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    decoder = model.decoder
+    num_layers = len(cross) // 2
+    self_cache, cross_cache = DynamicCache(), DynamicCache()
+    for i in range(num_layers):
+        if past[2 * i].shape[2] > 0:
+            self_cache.update(past[2 * i], past[2 * i + 1], i)
+        cross_cache.update(cross[2 * i], cross[2 * i + 1], i)
+    cache = EncoderDecoderCache(self_cache, cross_cache)
+    for i in range(num_layers):
+        cache.is_updated[i] = True
+    batch, codebooks, seq_len = input_ids.shape
+    text_len = cross[0].shape[2]
+    hidden = decoder.config.hidden_size
+    with torch.no_grad():
+        out = decoder(
+            input_ids=input_ids.reshape(batch * codebooks, seq_len),
+            encoder_hidden_states=torch.zeros(batch, text_len, hidden),
+            encoder_attention_mask=encoder_attention_mask,
+            cache=cache,
+            use_cache=True,
+        )
+    logits = out.logits.reshape(batch, codebooks, seq_len, -1)[:, :, -1]
+    presents = []
+    for i in range(num_layers):
+        layer = cache.self_attention_cache.layers[i]
+        presents += [layer.keys, layer.values]
+    return [logits, *presents]
+
+
+def validate_decoder(path: Path, model, wrapper, tol: float) -> list[Check]:
+    import torch
+
+    session = _session(path)
+    names = [i.name for i in session.get_inputs()]
+    checks = []
+    generator = torch.Generator().manual_seed(1234)
+    for batch, seq_len, past_len, text_len in [(1, 4, 0, 3), (3, 1, 5, 6), (2, 3, 7, 1)]:
+        inputs = wrapper.example_inputs(batch, seq_len, past_len, text_len)
+        inputs = [torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in inputs]
+        n = wrapper.num_layers
+        ids, mask, cross, past = inputs[0], inputs[1], list(inputs[2 : 2 + 2 * n]), list(inputs[2 + 2 * n :])
+        feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
+        ours = session.run(None, feeds)
+        ref = hf_decoder_reference(model, ids, mask, cross, past)
+        case = f"batch={batch} seq={seq_len} past={past_len} text={text_len}"
+        checks.append(_compare("decoder", case, ours, ref, tol))
+    return checks
+
+
+def validate_text_encoder(path: Path, model, wrapper, tol: float) -> list[Check]:
+    import torch
+
+    session = _session(path)
+    vocab = model.text_encoder.config.vocab_size
+    checks = []
+    for batch, length in [(1, 1), (3, 9)]:
+        ids, mask = wrapper.example_inputs(batch, length, vocab)
+        with torch.no_grad():
+            hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            if hasattr(model, "enc_to_dec_proj"):
+                hidden = model.enc_to_dec_proj(hidden)
+            ref = hidden * mask[..., None]
+        ours = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        checks.append(_compare("text_encoder", f"batch={batch} len={length}", ours, [ref], tol))
+    return checks
+
+
+def validate_cross_kv(path: Path, model, wrapper, tol: float) -> list[Check]:
+    import torch
+
+    session = _session(path)
+    hidden = model.decoder.config.hidden_size
+    checks = []
+    for batch, length in [(1, 1), (2, 11)]:
+        states = torch.randn(batch, length, hidden)
+        ref = []
+        with torch.no_grad():
+            for layer in model.decoder.model.decoder.layers:
+                attn = layer.encoder_attn
+                shape = (batch, length, attn.num_heads, attn.head_dim)
+                ref += [
+                    attn.k_proj(states).view(shape).transpose(1, 2),
+                    attn.v_proj(states).view(shape).transpose(1, 2),
+                ]
+        ours = session.run(None, {"encoder_hidden_states": states.numpy()})
+        checks.append(_compare("cross_kv", f"batch={batch} len={length}", ours, ref, tol))
+    return checks
+
+
+def validate_encodec_decode(path: Path, model, wrapper, tol: float) -> list[Check]:
+    import torch
+
+    session = _session(path)
+    checks = []
+    for batch, frames in [(1, 1), (2, 2), (1, 3), (2, 50)]:
+        (codes,) = wrapper.example_inputs(batch, frames)
+        with torch.no_grad():
+            ref = model.audio_encoder.decode(codes[None], [None]).audio_values
+        ours = session.run(None, {"audio_codes": codes.numpy()})
+        checks.append(_compare("encodec_decode", f"batch={batch} frames={frames}", ours, [ref], tol))
+    return checks
+
+
+def validate_encodec_encode(path: Path, model, wrapper, tol: float) -> list[Check]:
+    import torch
+
+    session = _session(path)
+    hop = int(np.prod(model.audio_encoder.config.upsampling_ratios))
+    checks = []
+    for batch, samples in [(1, 1), (2, hop + 1), (1, 3 * hop), (2, 20 * hop + 17)]:
+        (audio,) = wrapper.example_inputs(batch, samples)
+        with torch.no_grad():
+            ref = model.audio_encoder.encode(audio).audio_codes[0]
+        (ours,) = session.run(None, {"audio_values": audio.numpy()})
+        ref = ref.numpy()
+        if ours.shape != ref.shape:
+            raise ValidationError(f"encodec_encode: codes shape {ours.shape} != PyTorch {ref.shape}")
+        # Codes are integers: count frames whose codes differ (a near-tie argmax can flip one frame).
+        bad_frames = float(np.mean(np.any(ours != ref, axis=1)))
+        checks.append(Check("encodec_encode", f"batch={batch} samples={samples}", bad_frames, 0.0, 0.01))
+    return checks
+
+
+VALIDATORS: dict[str, Callable] = {
+    "text_encoder": validate_text_encoder,
+    "cross_kv": validate_cross_kv,
+    "decoder": validate_decoder,
+    "encodec_decode": validate_encodec_decode,
+    "encodec_encode": validate_encodec_encode,
+}
+
+
+def validate_graph(role: str, path: Path, model, wrapper, tol: float = FP32_TOLERANCE) -> list[Check]:
+    checks = VALIDATORS[role](path, model, wrapper, tol)
+    for check in checks:
+        logger.debug(
+            "validate %s [%s]: max|diff| %.3g (scale %.3g)", role, check.case, check.max_abs_diff, check.scale
+        )
+        if not check.ok:
+            raise ValidationError(
+                f"{role} [{check.case}] differs from PyTorch: max |diff| {check.max_abs_diff:.3g} > "
+                f"{check.tolerance:g} x max(1, {check.scale:.3g})"
+            )
+    return checks

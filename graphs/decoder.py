@@ -1,0 +1,151 @@
+"""Decoder graph: one KV-cached step of the MusicGen decoder; prefill and single steps alike.
+
+    input_ids [B, K, S] ─> sum_k embed_k(ids[:, k]) + sinusoid[past_len : past_len + S]
+                                   │
+             ┌──── x num_layers ───┴──────────────────────────────────────────────────────┐
+             │ LN ─> self-attn(q; cat(past_key.i, k), cat(past_value.i, v); causal)  ─> +  │
+             │ LN ─> cross-attn(q; cross_key.i, cross_value.i; encoder_attention_mask) ─> + │
+             │ LN ─> fc2(gelu(fc1)) ─> +                                                    │
+             └──────────────────────┬───────────────────────────────────────────────────────┘
+                                    LN ─> last position ─> lm_head_k ─> logits [B, K, vocab]
+                                    present_key.i / present_value.i = the concatenated K/V
+
+The past length is read from the shape of past_key.0, so an empty past (length 0) is a prefill.
+Only the logits of the last position leave the graph: generation never needs the others, and the
+[B, K, S, 2048] tensor would dominate prefill time. The layers' own submodules are called, so the
+weights (and the arithmetic) are transformers' own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask"]
+
+
+def cross_names(num_layers: int) -> list[str]:
+    return [name for i in range(num_layers) for name in (f"cross_key.{i}", f"cross_value.{i}")]
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [name for i in range(num_layers) for name in (f"past_key.{i}", f"past_value.{i}")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [name for i in range(num_layers) for name in (f"present_key.{i}", f"present_value.{i}")]
+
+
+def input_names(num_layers: int) -> list[str]:
+    return FIXED_INPUT_NAMES + cross_names(num_layers) + past_names(num_layers)
+
+
+def output_names(num_layers: int) -> list[str]:
+    return ["logits", *present_names(num_layers)]
+
+
+def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 2: "seq_len"},
+        "encoder_attention_mask": {0: "batch", 1: "text_len"},
+        "logits": {0: "batch"},
+    }
+    axes.update({name: {0: "batch", 2: "text_len"} for name in cross_names(num_layers)})
+    axes.update({name: {0: "batch", 2: "past_len"} for name in past_names(num_layers)})
+    axes.update({name: {0: "batch", 2: "total_len"} for name in present_names(num_layers)})
+    return axes
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class DecoderStep(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        causal_lm = model.decoder
+        decoder = causal_lm.model.decoder
+        self.embed_tokens = decoder.embed_tokens
+        self.layers = decoder.layers
+        self.layer_norm = decoder.layer_norm
+        self.lm_heads = causal_lm.lm_heads
+        max_positions = decoder.config.max_position_embeddings
+        self.register_buffer("positions", decoder.embed_positions.weights[:max_positions].clone())
+        attn = self.layers[0].self_attn
+        self.num_heads = attn.num_heads
+        self.head_dim = attn.head_dim
+        self.scale = attn.scaling
+        self.num_codebooks = decoder.num_codebooks
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def forward(
+        self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, *cache: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        n = self.num_layers
+        cross, past = cache[: 2 * n], cache[2 * n :]
+        seq_len = input_ids.shape[2]
+        past_len = past[0].shape[2]
+
+        hidden = self.embed_tokens[0](input_ids[:, 0])
+        for k in range(1, self.num_codebooks):
+            hidden = hidden + self.embed_tokens[k](input_ids[:, k])
+        positions = torch.arange(seq_len, device=input_ids.device) + past_len
+        hidden = hidden + self.positions.index_select(0, positions)
+
+        neg = torch.finfo(hidden.dtype).min
+        key_positions = torch.arange(seq_len + past_len, device=input_ids.device)
+        causal = (key_positions[None, :] > positions[:, None]).to(hidden.dtype) * neg
+        causal = causal[None, None]
+        text_mask = encoder_attention_mask.to(hidden.dtype)
+        cross_bias = (1.0 - text_mask)[:, None, None, :] * neg
+        # A row with no text at all (CFG's unconditional half) attends to nothing: output 0, as in
+        # transformers, rather than softmax's uniform average over masked keys.
+        has_text = (text_mask.sum(dim=1) > 0).to(hidden.dtype)[:, None, None, None]
+
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            residual = hidden
+            x = layer.self_attn_layer_norm(hidden)
+            q = self._heads(layer.self_attn.q_proj(x))
+            k = torch.cat([past[2 * i], self._heads(layer.self_attn.k_proj(x))], dim=2)
+            v = torch.cat([past[2 * i + 1], self._heads(layer.self_attn.v_proj(x))], dim=2)
+            presents += [k, v]
+            hidden = residual + layer.self_attn.out_proj(self._merge(_attention(q, k, v, causal, self.scale)))
+
+            residual = hidden
+            x = layer.encoder_attn_layer_norm(hidden)
+            q = self._heads(layer.encoder_attn.q_proj(x))
+            attn = _attention(q, cross[2 * i], cross[2 * i + 1], cross_bias, self.scale) * has_text
+            hidden = residual + layer.encoder_attn.out_proj(self._merge(attn))
+
+            residual = hidden
+            x = layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden)))
+            hidden = residual + layer.fc2(x)
+
+        last = self.layer_norm(hidden[:, -1])
+        logits = torch.stack([head(last) for head in self.lm_heads], dim=1)
+        return (logits, *presents)
+
+    def example_inputs(
+        self, batch: int = 2, seq_len: int = 3, past_len: int = 2, text_len: int = 5, vocab: int = 2048
+    ) -> tuple[torch.Tensor, ...]:
+        ids = torch.randint(0, vocab + 1, (batch, self.num_codebooks, seq_len), dtype=torch.long)
+        mask = torch.ones(batch, text_len, dtype=torch.long)
+        mask[-1, text_len // 2 :] = 0
+        kv = (batch, self.num_heads, text_len, self.head_dim)
+        cross = [torch.randn(kv) for _ in range(2 * self.num_layers)]
+        pkv = (batch, self.num_heads, past_len, self.head_dim)
+        past = [torch.randn(pkv) for _ in range(2 * self.num_layers)]
+        return (ids, mask, *cross, *past)

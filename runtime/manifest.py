@@ -1,0 +1,206 @@
+"""The runtime contract: ``manifest.json`` next to the exported graphs.
+
+The exporter writes it, the runtime reads it; nothing else is shared between the two sides, so the
+runtime never needs torch, transformers or the graph wrappers. Everything the generation loop must
+know (codebook layout, token ids, frame and sample rates, I/O names, defaults) lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "musicgen-onnx"
+FORMAT_VERSION = 1
+
+#: The graphs an export directory holds, by role.
+GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "encodec_decode", "encodec_encode")
+#: Graphs the runtime cannot work without (the EnCodec encoder is only needed for audio prompts).
+REQUIRED_GRAPHS = ("text_encoder", "cross_kv", "decoder", "encodec_decode")
+
+
+class ManifestError(ValueError):
+    """The export directory or its manifest is missing, corrupt, or from an unsupported format."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX file: where it is, what it takes and returns, and its checksum."""
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    sha256: str = ""
+    external_data: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    sampling_rate: int
+    frame_rate: int
+    hop_length: int
+    channels: int
+    codec_codebooks: int
+    codec_vocab_size: int
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    num_codebooks: int
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    max_positions: int
+    pad_token_id: int
+    decoder_start_token_id: int
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    tokenizer_file: str
+    pad_token_id: int
+    hidden_size: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Generation defaults as transformers resolves them for the checkpoint."""
+
+    do_sample: bool = True
+    guidance_scale: float = 3.0
+    max_length: int = 1500
+    top_k: int = 50
+    top_p: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    random_weights: bool
+    precision: str
+    audio: AudioSpec
+    decoder: DecoderSpec
+    text: TextSpec
+    generation: GenerationDefaults
+    graphs: dict[str, GraphSpec]
+    files: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    exporter: dict[str, str] = field(default_factory=dict)
+
+    # ---- derived facts the loop uses -------------------------------------------------------------
+    @property
+    def codebooks_per_channel(self) -> int:
+        """C in the delay pattern: K codebooks interleaved over the audio channels."""
+        return self.decoder.num_codebooks // self.audio.channels
+
+    @property
+    def max_window_seconds(self) -> float:
+        """Longest clip one pass can produce: the decoder's position table bounds it."""
+        frames = self.decoder.max_positions - self.codebooks_per_channel
+        return frames / self.audio.frame_rate
+
+    # ---- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            fmt = data.get("format")
+            version = int(data.get("format_version", -1))
+            if fmt != FORMAT_NAME:
+                raise ManifestError(f"not a {FORMAT_NAME} manifest (format={fmt!r})")
+            if version > FORMAT_VERSION:
+                raise ManifestError(
+                    f"manifest format_version {version} is newer than this runtime supports "
+                    f"(<= {FORMAT_VERSION}); upgrade musicgen-onnx"
+                )
+            if version < 1:
+                raise ManifestError(f"invalid manifest format_version {version}")
+            return cls(
+                source=str(data["source"]),
+                random_weights=bool(data["random_weights"]),
+                precision=str(data["precision"]),
+                audio=AudioSpec(**data["audio"]),
+                decoder=DecoderSpec(**data["decoder"]),
+                text=TextSpec(**data["text"]),
+                generation=GenerationDefaults(**data["generation"]),
+                graphs={role: GraphSpec(**spec) for role, spec in data["graphs"].items()},
+                files=dict(data.get("files", {})),
+                format=fmt,
+                format_version=version,
+                exporter=dict(data.get("exporter", {})),
+            )
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"corrupt manifest: {exc!r}") from exc
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory not found: {directory}")
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: {directory} is not a musicgen-onnx export "
+                "(create one with `musicgen-onnx export`)"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"corrupt manifest {path}: {exc}") from exc
+        manifest = cls.from_dict(data)
+        missing = [role for role in REQUIRED_GRAPHS if role not in manifest.graphs]
+        if missing:
+            raise ManifestError(f"manifest {path} lacks required graphs: {', '.join(missing)}")
+        return manifest
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(directory: str | Path, manifest: Manifest, roles: tuple[str, ...] | None = None) -> None:
+    """Check that every file the manifest names exists and matches its sha256.
+
+    Raises FileNotFoundError for a missing file and ManifestError for a checksum mismatch, so a
+    truncated copy fails at load time with a message, not mid-generation inside onnxruntime.
+    """
+    directory = Path(directory)
+    checks: list[tuple[str, str]] = []
+    for role, spec in manifest.graphs.items():
+        if roles is not None and role not in roles:
+            continue
+        checks.append((spec.file, spec.sha256))
+        checks.extend((name, manifest.files.get(name, "")) for name in spec.external_data)
+    checks.append((manifest.text.tokenizer_file, manifest.files.get(manifest.text.tokenizer_file, "")))
+    for name, expected in checks:
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the export (named in {MANIFEST_NAME})")
+        if expected and sha256_file(path) != expected:
+            raise ManifestError(
+                f"{path} does not match its sha256 in {MANIFEST_NAME}: the file is corrupt or was "
+                "replaced; re-copy or re-export the model directory"
+            )
