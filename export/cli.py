@@ -1,0 +1,103 @@
+"""``musicgen-onnx export``: checkpoint (hub id or local dir) or --random-weights NAME -> export dir."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("musicgen_onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musicgen-onnx export",
+        description="Export a MusicGen checkpoint to validated ONNX graphs plus manifest.json.",
+        epilog=(
+            "examples:\n"
+            "  musicgen-onnx export facebook/musicgen-stereo-small out/stereo-small\n"
+            "  musicgen-onnx export ./my-checkpoint out/mine\n"
+            "  musicgen-onnx export --random-weights facebook/musicgen-stereo-small out/rw  # no download"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="[SOURCE] OUTPUT_DIR", help="checkpoint and output dir")
+    parser.add_argument(
+        "--random-weights",
+        metavar="NAME",
+        help="build the real architecture of a released checkpoint with random weights (no download)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    parser.add_argument(
+        "--no-audio-encoder",
+        action="store_true",
+        help="skip the EnCodec encoder (only needed for audio prompts)",
+    )
+    parser.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log validation details")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.random_weights:
+        if len(args.paths) != 1:
+            parser.error("with --random-weights give only OUTPUT_DIR")
+        source, output = None, args.paths[0]
+    else:
+        if len(args.paths) != 2:
+            parser.error(
+                "give SOURCE (hub id or checkpoint dir) and OUTPUT_DIR, or --random-weights NAME OUTPUT_DIR"
+            )
+        source, output = args.paths
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    for noisy in ("torch", "onnx", "transformers", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    from . import export_model
+    from .exporter import ExportError
+    from .loading import CheckpointError
+    from .validate import ValidationError
+
+    started = time.perf_counter()
+    try:
+        manifest = export_model(
+            source,
+            output,
+            random_weights=args.random_weights,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            include_audio_encoder=not args.no_audio_encoder,
+            validate=not args.no_validate,
+            revision=args.revision,
+        )
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        CheckpointError,
+        ValidationError,
+        ExportError,
+        ValueError,
+    ) as exc:
+        print(f"musicgen-onnx export: error: {exc}", file=sys.stderr)
+        return 2
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    total = sum(p.stat().st_size for p in Path(output).iterdir() if p.is_file()) / 1e6
+    print(
+        f"exported {manifest.source}{' (random weights)' if manifest.random_weights else ''} to {output}: "
+        f"{len(manifest.graphs)} graphs, {total:.1f} MB, {time.perf_counter() - started:.1f} s, "
+        f"peak RSS {peak_gb:.2f} GB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
