@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny random-weight MusicGen checkpoints built by ``tests/tiny_checkpoint.py``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))  # so tests can `from tiny_checkpoint import build_tiny_checkpoint`
+
+from tiny_checkpoint import build_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_checkpoint(tmp_path_factory) -> Path:
+    """A tiny stereo (2 channels, 8 codebooks) MusicgenForConditionalGeneration checkpoint directory."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_stereo"), channels=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mono_checkpoint(tmp_path_factory) -> Path:
+    """A tiny mono (1 channel, 4 codebooks) MusicgenForConditionalGeneration checkpoint directory."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mono"), channels=1, seed=0)
