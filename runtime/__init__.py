@@ -1,0 +1,6 @@
+"""musicgen-onnx runtime: numpy + onnxruntime + tokenizers; never imports torch or transformers."""
+
+from .manifest import Manifest, ManifestError
+from .model import GenerationResult, MusicGen, SamplingOptions
+
+__all__ = ["GenerationResult", "Manifest", "ManifestError", "MusicGen", "SamplingOptions"]

@@ -1,0 +1,380 @@
+"""``MusicGen``: load an export directory and generate music with onnxruntime (no torch)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .audio import prepare_prompt_audio
+from .decoder_runner import DecoderRunner
+from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
+from .manifest import Manifest, verify_files
+from .sessions import make_session_options, open_session, resolve_providers
+from .tokenizer import TextTokenizer
+
+logger = logging.getLogger("musicgen_onnx")
+
+#: progress(frames_done, frames_total); return False to stop early (the audio made so far is returned).
+ProgressCallback = Callable[[int, int], "bool | None"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Resolved and validated sampling settings (None in ``generate`` means the checkpoint's default)."""
+
+    do_sample: bool
+    guidance_scale: float
+    top_k: int
+    top_p: float
+    temperature: float
+
+
+@dataclass
+class GenerationResult:
+    """Audio plus what produced it: codes [B, K, frames] and per-stage timings in seconds."""
+
+    audio: np.ndarray
+    codes: np.ndarray
+    sampling_rate: int
+    timings: dict[str, float] = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class MusicGen:
+    """A MusicGen export directory opened with onnxruntime.
+
+    >>> model = MusicGen.load("out/stereo-small")
+    >>> audio = model.generate(["lo-fi beat with warm piano"], duration=8, seed=0)  # [1, 2, 256000]
+    """
+
+    def __init__(self, model_dir: Path, manifest: Manifest, providers: list[str], threads: int | None) -> None:
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.providers = providers
+        self._options = make_session_options(threads)
+        graphs = manifest.graphs
+        self._text_encoder = open_session(model_dir / graphs["text_encoder"].file, providers, self._options)
+        self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
+        self._decoder = open_session(model_dir / graphs["decoder"].file, providers, self._options)
+        self._codec_decoder = open_session(model_dir / graphs["encodec_decode"].file, providers, self._options)
+        self._codec_encoder = None  # opened on first audio prompt: most users never need it
+        self.tokenizer = TextTokenizer(
+            model_dir / manifest.text.tokenizer_file, manifest.text.pad_token_id, manifest.text.max_tokens
+        )
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = True
+    ) -> MusicGen:
+        """Open an export directory. ``provider``: "auto" (CUDA when available), "cuda" or "cpu".
+
+        ``verify`` checks every file against the manifest's sha256 first, so a truncated copy fails
+        here with a message rather than inside onnxruntime.
+        """
+        model_dir = Path(model_dir).expanduser()
+        manifest = Manifest.load(model_dir)
+        providers = resolve_providers(provider)
+        if verify:
+            roles = tuple(r for r in manifest.graphs if r != "encodec_encode")
+            verify_files(model_dir, manifest, roles)
+        model = cls(model_dir, manifest, providers, threads)
+        logger.info("loaded %s (%s) with %s", model_dir, manifest.source, providers[0])
+        return model
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.manifest.audio.sampling_rate
+
+    @property
+    def channels(self) -> int:
+        return self.manifest.audio.channels
+
+    @property
+    def frame_rate(self) -> int:
+        return self.manifest.audio.frame_rate
+
+    # ---- public API --------------------------------------------------------------------------------
+    def generate(self, texts: str | Sequence[str] | None = None, **kwargs) -> np.ndarray:
+        """Generate audio [batch, channels, samples] float32; see ``generate_detailed`` for arguments."""
+        return self.generate_detailed(texts, **kwargs).audio
+
+    def generate_detailed(
+        self,
+        texts: str | Sequence[str] | None = None,
+        *,
+        duration: float | None = None,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        guidance_scale: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        prompt_audio: np.ndarray | None = None,
+        prompt_sample_rate: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Generate music for ``texts`` (None: unconditional) and return audio, codes and timings.
+
+        ``max_new_tokens`` means what it means in transformers (decoder steps; frames = steps + 1 - C);
+        ``duration`` (seconds, prompt included) is the user-facing alternative and trims the audio to
+        exactly that length. With neither, the checkpoint's ``max_length`` applies (30 s for the hub's).
+        ``prompt_audio`` ([B, C, L] or [C, L] at ``prompt_sample_rate``) is continued; the returned audio
+        starts with the (re-synthesised) prompt, as transformers and audiocraft return it.
+        """
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        text_list = _check_texts(texts)
+        options = self.resolve_options(do_sample, guidance_scale, top_k, top_p, temperature)
+        prompt = None
+        if prompt_audio is not None:
+            sr = self.sampling_rate if prompt_sample_rate is None else prompt_sample_rate
+            prompt = prepare_prompt_audio(prompt_audio, sr, target_sr=self.sampling_rate, channels=self.channels)
+        batch = _batch_size(text_list, prompt)
+        if prompt is not None and prompt.shape[0] != batch:
+            prompt = np.repeat(prompt, batch, axis=0) if prompt.shape[0] == 1 else prompt
+        prompt_frames = 0 if prompt is None else math.ceil(prompt.shape[-1] / self.manifest.audio.hop_length)
+        steps = self._resolve_steps(duration, max_new_tokens, prompt_frames)
+        rng = np.random.default_rng(seed)
+
+        t0 = time.perf_counter()
+        prompt_codes = None if prompt is None else self.encode_audio(prompt)
+        timings["audio_encode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        cross_kv, text_mask = self._condition(text_list, batch)
+        timings["text_encode"] = time.perf_counter() - t0
+        cfg = text_list is not None and options.guidance_scale > 1
+        if not cfg and options.guidance_scale > 1:
+            options = replace(options, guidance_scale=1.0)  # unconditional: CFG would be a no-op
+
+        codes, step_times, stopped = self._decode_tokens(
+            cross_kv, text_mask, prompt_codes, batch, steps, options, cfg, rng, progress
+        )
+        timings["prefill"] = step_times[0] if step_times else 0.0
+        timings["decode_steps"] = float(sum(step_times[1:]))
+
+        t0 = time.perf_counter()
+        audio = self.decode_codes(codes)
+        timings["audio_decode"] = time.perf_counter() - t0
+        if duration is not None and not stopped:
+            audio = audio[..., : round(duration * self.sampling_rate)]
+        timings["total"] = time.perf_counter() - t_start
+        return GenerationResult(audio, codes, self.sampling_rate, timings, step_times, stopped)
+
+    def resolve_options(
+        self,
+        do_sample: bool | None = None,
+        guidance_scale: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+    ) -> SamplingOptions:
+        """Fill unset options from the manifest's defaults and check each against its valid range."""
+        d = self.manifest.generation
+        vocab = self.manifest.decoder.vocab_size
+        opts = SamplingOptions(
+            do_sample=d.do_sample if do_sample is None else bool(do_sample),
+            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+            top_k=d.top_k if top_k is None else top_k,
+            top_p=d.top_p if top_p is None else top_p,
+            temperature=d.temperature if temperature is None else temperature,
+        )
+        if not _is_real(opts.guidance_scale) or opts.guidance_scale < 1:
+            raise ValueError(
+                f"guidance_scale must be a number >= 1 (1 disables classifier-free guidance, "
+                f"3 is MusicGen's default), got {opts.guidance_scale!r}"
+            )
+        explicit_top_k = top_k is not None
+        if not isinstance(opts.top_k, (int, np.integer)) or isinstance(opts.top_k, bool) or (
+            (explicit_top_k or opts.top_k != 0) and not 1 <= opts.top_k <= vocab
+        ):
+            raise ValueError(f"top_k must be an integer in 1..{vocab}, got {opts.top_k!r}")
+        if not _is_real(opts.top_p) or not 0 < opts.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 disables nucleus sampling), got {opts.top_p!r}")
+        if not _is_real(opts.temperature) or opts.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {opts.temperature!r}")
+        return opts
+
+    def max_duration(self) -> float:
+        """Longest clip (seconds, prompt included) one pass can make: the position table bounds it."""
+        frames = self.manifest.decoder.max_positions - self.manifest.codebooks_per_channel
+        return frames / self.frame_rate
+
+    # ---- stages ------------------------------------------------------------------------------------
+    def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Text -> (encoder_hidden_states [B, T, H_dec], attention_mask [B, T])."""
+        ids, mask = self.tokenizer(texts)
+        (states,) = self._text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        return states, mask
+
+    def encode_audio(self, audio: np.ndarray) -> np.ndarray:
+        """Audio [B, channels, L] at the model's rate -> codes [B, K, ceil(L / hop)] (channels interleaved)."""
+        if self._codec_encoder is None:
+            spec = self.manifest.graphs.get("encodec_encode")
+            if spec is None:
+                raise ValueError(
+                    f"{self.model_dir} was exported without the EnCodec encoder (--no-audio-encoder); "
+                    "re-export it to use audio prompts"
+                )
+            verify_files(self.model_dir, self.manifest, ("encodec_encode",))
+            self._codec_encoder = open_session(self.model_dir / spec.file, self.providers, self._options)
+        batch, channels, length = audio.shape
+        mono = np.ascontiguousarray(audio.transpose(1, 0, 2).reshape(channels * batch, 1, length), np.float32)
+        (codes,) = self._codec_encoder.run(None, {"audio_values": mono})
+        per_channel = codes.reshape(channels, batch, codes.shape[1], codes.shape[2])
+        out = np.empty((batch, channels * codes.shape[1], codes.shape[2]), dtype=np.int64)
+        for c in range(channels):
+            out[:, c::channels] = per_channel[c]
+        return out
+
+    def decode_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Codes [B, K, F] -> audio [B, channels, hop * F]; stereo = left (even rows) + right (odd rows)."""
+        parts = split_channels(np.asarray(codes, dtype=np.int64), self.channels)
+        batch = codes.shape[0]
+        stacked = np.ascontiguousarray(np.concatenate(parts, axis=0))
+        (audio,) = self._codec_decoder.run(None, {"audio_codes": stacked})
+        return np.concatenate([audio[i * batch : (i + 1) * batch] for i in range(len(parts))], axis=1)
+
+    # ---- internals ---------------------------------------------------------------------------------
+    def _resolve_steps(self, duration: float | None, max_new_tokens: int | None, prompt_frames: int) -> int:
+        c = self.manifest.codebooks_per_channel
+        max_positions = self.manifest.decoder.max_positions
+        limit = max_positions - 1 - prompt_frames  # decoder positions left after start token and prompt
+        if duration is not None and max_new_tokens is not None:
+            raise ValueError("give duration or max_new_tokens, not both")
+        if duration is not None:
+            if not _is_real(duration) or duration <= 0:
+                raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+            max_seconds = self.max_duration()
+            if duration > max_seconds + 1e-9:
+                raise ValueError(
+                    f"duration {duration} s is beyond what the model's {max_positions} positions allow: "
+                    f"0 < duration <= {max_seconds:g} s"
+                )
+            total_frames = math.ceil(duration * self.frame_rate - 1e-9)
+            if total_frames <= prompt_frames:
+                raise ValueError(
+                    f"prompt audio ({prompt_frames / self.frame_rate:g} s) is not shorter than the requested "
+                    f"duration ({duration} s): ask for more than the prompt's length"
+                )
+            steps = total_frames - prompt_frames + c - 1
+        elif max_new_tokens is not None:
+            if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+                raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+            steps = int(max_new_tokens)
+            if not c <= steps <= limit:
+                raise ValueError(f"max_new_tokens must be in {c}..{limit} for this model and prompt, got {steps}")
+        else:
+            steps = self.manifest.generation.max_length - 1 - prompt_frames
+        if steps > limit:
+            raise ValueError(
+                f"{steps} decoder steps exceed the model's {max_positions} positions "
+                f"(at most {limit} with this prompt); ask for a shorter duration"
+            )
+        return steps
+
+    def _condition(self, texts: list[str] | None, batch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Cross-attention K/V and text mask for the conditional batch (unconditional: zeros, T = 1)."""
+        d = self.manifest.decoder
+        if texts is None:
+            zeros = np.zeros((batch, d.num_heads, 1, d.head_dim), np.float32)
+            return [zeros] * (2 * d.num_layers), np.zeros((batch, 1), np.int64)
+        states, mask = self.encode_text(texts)
+        return self._cross_kv.run(None, {"encoder_hidden_states": states}), mask
+
+    def _decode_tokens(
+        self,
+        cross_kv: list[np.ndarray],
+        text_mask: np.ndarray,
+        prompt_codes: np.ndarray | None,
+        batch: int,
+        steps: int,
+        options: SamplingOptions,
+        cfg: bool,
+        rng: np.random.Generator,
+        progress: ProgressCallback | None,
+    ) -> tuple[np.ndarray, list[float], bool]:
+        """The delay-pattern loop: prefill, then one decoder call per step, CFG and sampling in numpy."""
+        d = self.manifest.decoder
+        prompt_len = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        ids, pattern = build_delay_pattern(
+            prompt_codes,
+            batch_size=batch,
+            num_codebooks=d.num_codebooks,
+            channels=self.channels,
+            max_length=1 + prompt_len + steps,
+            pad_token_id=d.pad_token_id,
+        )
+        state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.channels)
+        if cfg:  # unconditional half: zero K/V and an all-zero text mask, exactly as transformers builds it
+            cross_kv = [np.concatenate([kv, np.zeros_like(kv)], axis=0) for kv in cross_kv]
+            text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
+        runner = DecoderRunner(self._decoder, self.manifest)
+        runner.start(cross_kv, text_mask)
+
+        total_frames = prompt_len + steps + 1 - self.manifest.codebooks_per_channel
+        step_times: list[float] = []
+        stopped = False
+        feed = state.prefill_ids(cfg)
+        while True:
+            t0 = time.perf_counter()
+            logits = runner.step(feed)
+            scores = process_logits(
+                logits.reshape(-1, logits.shape[-1]),
+                guidance_scale=options.guidance_scale if cfg else None,
+                do_sample=options.do_sample,
+                temperature=options.temperature,
+                top_k=options.top_k or None,
+                top_p=options.top_p,
+            )
+            state.write(select_tokens(scores, do_sample=options.do_sample, rng=rng))
+            step_times.append(time.perf_counter() - t0)
+            if state.done:
+                break
+            if progress is not None and progress(state.frames_ready, total_frames) is False:
+                stopped = True
+                break
+            feed = state.step_ids(cfg)
+        if progress is not None and not stopped:
+            progress(total_frames, total_frames)
+        codes = state.codes() if not stopped else state.frames(0, state.frames_ready)
+        return codes, step_times, stopped
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_texts(texts: str | Sequence[str] | None) -> list[str] | None:
+    if texts is None:
+        return None
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or len(texts) == 0:
+        raise ValueError("texts must be a non-empty list of strings (or None for unconditional generation)")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty; give a description or use texts=None for unconditional")
+    return list(texts)
+
+
+def _batch_size(texts: list[str] | None, prompt: np.ndarray | None) -> int:
+    if texts is None:
+        return 1 if prompt is None else prompt.shape[0]
+    if prompt is not None and prompt.shape[0] not in (1, len(texts)):
+        raise ValueError(
+            f"prompt audio has batch {prompt.shape[0]} but there are {len(texts)} texts: give one prompt "
+            "for all, or one per text"
+        )
+    return len(texts)

@@ -1,0 +1,50 @@
+"""onnxruntime sessions: execution-provider choice, threads, and load errors that say what is wrong."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+logger = logging.getLogger("musicgen_onnx")
+
+PROVIDERS = ("auto", "cuda", "cpu")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """Map the user's choice to onnxruntime providers; an unavailable explicit "cuda" is an error."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        return [_CPU]
+    if _CUDA in available:
+        return [_CUDA, _CPU]
+    if provider == "cuda":
+        raise ValueError(
+            "provider='cuda' requested but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install the GPU build: pip install 'musicgen-onnx[gpu]'"
+        )
+    return [_CPU]
+
+
+def make_session_options(threads: int | None) -> ort.SessionOptions:
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None (onnxruntime's default), got {threads!r}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ValueError(f"cannot load {path}: the graph is corrupt or not an ONNX model ({exc})") from exc
