@@ -271,10 +271,13 @@ class DelayPatternState:
 
     @property
     def frames_ready(self) -> int:
-        """Output frames whose K tokens are all final (frame j of row k sits at column j + k // channels + 1)."""
+        """Output frames whose K tokens are all final (frame j of row k sits at column j + k // channels + 1).
+
+        Always 0 in transformers' no-pattern case (max_length < 2C - 1): use codes() once done.
+        """
         if not self.delayed:
-            raise RuntimeError("no delay pattern (max_length < 2C - 1): frames exist only after codes()")
-        return max(0, min(self.length, self.max_length) - self.num_codebooks_per_channel)
+            return 0
+        return max(0, self.length - self.num_codebooks_per_channel)
 
     def frames(self, start: int, stop: int) -> np.ndarray:
         """Codes [B, K, stop - start] of output frames [start, stop) (prompt frames first), for streaming."""

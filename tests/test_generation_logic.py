@@ -117,8 +117,7 @@ def test_generation_loop_and_revert_match_transformers(k, ch, p, length):
         state.write(tokens if steps % 2 else tokens.reshape(B, k))
         steps += 1
         np.testing.assert_array_equal(state.step_ids(cfg=True).reshape(2 * B * k, 1), fed.numpy())
-        if state.delayed:  # streaming: frames handed out as soon as they are ready
-            snapshots.append(state.frames(0, state.frames_ready).copy())
+        snapshots.append(state.frames(0, state.frames_ready).copy())  # streaming: frames as soon as ready
     assert state.done and steps == state.num_steps
 
     out = model.apply_delay_pattern_mask(hf, ref_mask_t)
@@ -128,12 +127,14 @@ def test_generation_loop_and_revert_match_transformers(k, ch, p, length):
     np.testing.assert_array_equal(
         revert_delay_pattern(apply_delay_pattern(hf.reshape(B, k, -1).numpy(), mask), PAD), ref_codes
     )
-    if state.delayed:
+    for snap in snapshots:  # frames handed out early were already final
+        np.testing.assert_array_equal(snap, ref_codes[..., : snap.shape[-1]])
+    if not state.delayed:
+        assert state.frames_ready == 0
+    else:
         assert codes.shape[-1] == length - k // ch == state.frames_ready
         np.testing.assert_array_equal(state.frames(0, state.frames_ready), ref_codes)
         np.testing.assert_array_equal(codes[..., :p], prompt)  # prompt frames come first
-        for snap in snapshots:  # ... were already final
-            np.testing.assert_array_equal(snap, ref_codes[..., : snap.shape[-1]])
         lo = state.frames_ready // 2
         np.testing.assert_array_equal(state.frames(lo, state.frames_ready), ref_codes[..., lo:])
 
