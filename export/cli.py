@@ -43,22 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_export_deps() -> list[str]:
+    import importlib.util
+
+    return [name for name in ("torch", "transformers", "onnx") if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = _missing_export_deps()
+    if missing:
+        print(
+            f"musicgen-onnx export needs {', '.join(missing)}:\n"
+            '  pip install torch==2.13.0 && pip install "musicgen-onnx[export]"',
+            file=sys.stderr,
+        )
+        return 2
     if args.random_weights:
         if len(args.paths) != 1:
             parser.error("with --random-weights give only OUTPUT_DIR")
         source, output = None, args.paths[0]
     else:
         if len(args.paths) != 2:
-            parser.error(
-                "give SOURCE (hub id or checkpoint dir) and OUTPUT_DIR, or --random-weights NAME OUTPUT_DIR"
-            )
+            parser.error("give SOURCE (hub id or checkpoint dir) and OUTPUT_DIR, or --random-weights NAME OUTPUT_DIR")
         source, output = args.paths
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("torch", "onnx", "transformers", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -2,5 +2,14 @@
 
 from .manifest import Manifest, ManifestError
 from .model import GenerationResult, MusicGen, SamplingOptions
+from .pipeline import TextToAudioPipeline, pipeline
 
-__all__ = ["GenerationResult", "Manifest", "ManifestError", "MusicGen", "SamplingOptions"]
+__all__ = [
+    "GenerationResult",
+    "Manifest",
+    "ManifestError",
+    "MusicGen",
+    "SamplingOptions",
+    "TextToAudioPipeline",
+    "pipeline",
+]

@@ -194,8 +194,10 @@ class MusicGen:
                 f"3 is MusicGen's default), got {opts.guidance_scale!r}"
             )
         explicit_top_k = top_k is not None
-        if not isinstance(opts.top_k, (int, np.integer)) or isinstance(opts.top_k, bool) or (
-            (explicit_top_k or opts.top_k != 0) and not 1 <= opts.top_k <= vocab
+        if (
+            not isinstance(opts.top_k, (int, np.integer))
+            or isinstance(opts.top_k, bool)
+            or ((explicit_top_k or opts.top_k != 0) and not 1 <= opts.top_k <= vocab)
         ):
             raise ValueError(f"top_k must be an integer in 1..{vocab}, got {opts.top_k!r}")
         if not _is_real(opts.top_p) or not 0 < opts.top_p <= 1:
@@ -266,13 +268,17 @@ class MusicGen:
                     f"prompt audio ({prompt_frames / self.frame_rate:g} s) is not shorter than the requested "
                     f"duration ({duration} s): ask for more than the prompt's length"
                 )
-            steps = total_frames - prompt_frames + c - 1
+            # below 2C - 1 columns transformers applies no delay pattern at all: generate a little more and trim
+            steps = max(total_frames - prompt_frames + c - 1, 2 * c - 2 - prompt_frames)
         elif max_new_tokens is not None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
                 raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
             steps = int(max_new_tokens)
-            if not c <= steps <= limit:
-                raise ValueError(f"max_new_tokens must be in {c}..{limit} for this model and prompt, got {steps}")
+            lowest = max(c, 2 * c - 2 - prompt_frames)
+            if not lowest <= steps <= limit:
+                raise ValueError(
+                    f"max_new_tokens must be in {lowest}..{limit} for this model and prompt, got {steps}"
+                )
         else:
             steps = self.manifest.generation.max_length - 1 - prompt_frames
         if steps > limit:

@@ -24,3 +24,23 @@ def tiny_stereo_checkpoint(tmp_path_factory) -> Path:
 def tiny_mono_checkpoint(tmp_path_factory) -> Path:
     """A tiny mono (1 channel, 4 codebooks) MusicgenForConditionalGeneration checkpoint directory."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mono"), channels=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_stereo(tiny_stereo_checkpoint, tmp_path_factory) -> Path:
+    """The tiny stereo checkpoint exported with ``export_model`` (all five graphs, validated)."""
+    from musicgen_onnx.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "stereo"
+    export_model(str(tiny_stereo_checkpoint), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_mono(tiny_mono_checkpoint, tmp_path_factory) -> Path:
+    """The tiny mono checkpoint exported with ``export_model``."""
+    from musicgen_onnx.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "mono"
+    export_model(str(tiny_mono_checkpoint), out)
+    return out
