@@ -1,0 +1,73 @@
+"""``musicgen-onnx generate``: files written, numbering, errors as messages (not stack traces)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from musicgen_onnx.runtime.audio import write_wav
+from musicgen_onnx.runtime.cli import main
+
+
+def test_generate_one_prompt(exported_stereo, tmp_path, capsys):
+    out = tmp_path / "song.wav"
+    assert main(["generate", str(exported_stereo), "warm synth pads", "-o", str(out), "--duration", "0.5"]) == 0
+    audio, sr = sf.read(out, always_2d=True)
+    assert sr == 32000 and audio.shape == (16000, 2)
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "real-time factor" in printed
+
+
+def test_generate_several_prompts_numbered_and_greedy(exported_mono, tmp_path):
+    out = tmp_path / "clip.wav"
+    args = ["generate", str(exported_mono), "a", "b c", "-o", str(out), "--duration", "0.3", "--greedy", "--seed", "1"]
+    assert main(args) == 0
+    for i in range(2):
+        audio, _ = sf.read(tmp_path / f"clip_{i}.wav", always_2d=True)
+        assert audio.shape == (9600, 1)
+
+
+def test_generate_with_prompt_audio(exported_stereo, tmp_path):
+    prompt = tmp_path / "prompt.wav"
+    write_wav(prompt, (0.1 * np.sin(np.arange(8000) / 10.0))[None].astype(np.float32), 16000)  # mono, 16 kHz
+    out = tmp_path / "cont.wav"
+    args = [
+        "generate",
+        str(exported_stereo),
+        "jazz",
+        "--prompt-audio",
+        str(prompt),
+        "-o",
+        str(out),
+        "--duration",
+        "0.9",
+    ]
+    assert main(args) == 0
+    audio, _ = sf.read(out, always_2d=True)
+    assert audio.shape == (28800, 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--duration", "-1"], "positive number"),
+        (["--top-k", "0"], "top_k must be"),
+        (["--prompt-audio", "/nonexistent.wav"], "prompt audio not found"),
+    ],
+)
+def test_generate_errors_are_messages(exported_stereo, tmp_path, capsys, extra, message):
+    assert main(["generate", str(exported_stereo), "x", "-o", str(tmp_path / "o.wav"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_generate_missing_model_dir(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "x"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_usage(capsys):
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
