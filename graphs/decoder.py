@@ -90,6 +90,39 @@ class DecoderStep(nn.Module):
         batch, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
+    # ---- pieces shared with the static-cache variant -------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens[0](input_ids[:, 0])
+        for k in range(1, self.num_codebooks):
+            hidden = hidden + self.embed_tokens[k](input_ids[:, k])
+        return hidden + self.positions.index_select(0, positions)
+
+    @staticmethod
+    def cross_mask(encoder_attention_mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive bias for padded text, and a 0/1 factor for rows that have no text at all.
+
+        A row with no text (CFG's unconditional half) attends to nothing: its output is 0, as in
+        transformers, rather than softmax's uniform average over masked keys.
+        """
+        text_mask = encoder_attention_mask.to(dtype)
+        bias = (1.0 - text_mask)[:, None, None, :] * torch.finfo(dtype).min
+        has_text = (text_mask.sum(dim=1) > 0).to(dtype)[:, None, None, None]
+        return bias, has_text
+
+    def cross_and_ffn(self, layer, hidden, cross_key, cross_value, cross_bias, has_text) -> torch.Tensor:
+        residual = hidden
+        x = layer.encoder_attn_layer_norm(hidden)
+        q = self._heads(layer.encoder_attn.q_proj(x))
+        attn = _attention(q, cross_key, cross_value, cross_bias, self.scale) * has_text
+        hidden = residual + layer.encoder_attn.out_proj(self._merge(attn))
+        residual = hidden
+        x = layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden)))
+        return residual + layer.fc2(x)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        last = self.layer_norm(hidden[:, -1])
+        return torch.stack([head(last) for head in self.lm_heads], dim=1)
+
     def forward(
         self, input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor, *cache: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
@@ -97,22 +130,13 @@ class DecoderStep(nn.Module):
         cross, past = cache[: 2 * n], cache[2 * n :]
         seq_len = input_ids.shape[2]
         past_len = past[0].shape[2]
-
-        hidden = self.embed_tokens[0](input_ids[:, 0])
-        for k in range(1, self.num_codebooks):
-            hidden = hidden + self.embed_tokens[k](input_ids[:, k])
         positions = torch.arange(seq_len, device=input_ids.device) + past_len
-        hidden = hidden + self.positions.index_select(0, positions)
+        hidden = self.embed(input_ids, positions)
 
-        neg = torch.finfo(hidden.dtype).min
         key_positions = torch.arange(seq_len + past_len, device=input_ids.device)
-        causal = (key_positions[None, :] > positions[:, None]).to(hidden.dtype) * neg
+        causal = (key_positions[None, :] > positions[:, None]).to(hidden.dtype) * torch.finfo(hidden.dtype).min
         causal = causal[None, None]
-        text_mask = encoder_attention_mask.to(hidden.dtype)
-        cross_bias = (1.0 - text_mask)[:, None, None, :] * neg
-        # A row with no text at all (CFG's unconditional half) attends to nothing: output 0, as in
-        # transformers, rather than softmax's uniform average over masked keys.
-        has_text = (text_mask.sum(dim=1) > 0).to(hidden.dtype)[:, None, None, None]
+        cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
 
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -123,20 +147,8 @@ class DecoderStep(nn.Module):
             v = torch.cat([past[2 * i + 1], self._heads(layer.self_attn.v_proj(x))], dim=2)
             presents += [k, v]
             hidden = residual + layer.self_attn.out_proj(self._merge(_attention(q, k, v, causal, self.scale)))
-
-            residual = hidden
-            x = layer.encoder_attn_layer_norm(hidden)
-            q = self._heads(layer.encoder_attn.q_proj(x))
-            attn = _attention(q, cross[2 * i], cross[2 * i + 1], cross_bias, self.scale) * has_text
-            hidden = residual + layer.encoder_attn.out_proj(self._merge(attn))
-
-            residual = hidden
-            x = layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden)))
-            hidden = residual + layer.fc2(x)
-
-        last = self.layer_norm(hidden[:, -1])
-        logits = torch.stack([head(last) for head in self.lm_heads], dim=1)
-        return (logits, *presents)
+            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], cross_bias, has_text)
+        return (self.head(hidden), *presents)
 
     def example_inputs(
         self, batch: int = 2, seq_len: int = 3, past_len: int = 2, text_len: int = 5, vocab: int = 2048

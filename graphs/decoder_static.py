@@ -1,0 +1,149 @@
+"""Decoder graph with a static, in-place KV cache (onnxruntime's GroupQueryAttention).
+
+Same computation as ``decoder.py``, but the self-attention cache is a preallocated buffer of the
+generation's full length, and the attention length is an input:
+
+    input_ids [B, K, S], past_length (int64 scalar)
+        │  embed + sinusoid[past_length : past_length + S]
+        ├── x num_layers ─────────────────────────────────────────────────────────────────────────┐
+        │ LN ─> qkv = x @ [Wq|Wk|Wv] ─> GroupQueryAttention(qkv, past_key.i, past_value.i,         │
+        │                                seqlens_k = past_length + S - 1, total = past_length + S)  │
+        │        writes K/V rows [past_length, past_length + S) of the buffers, attends causally     │
+        │ LN ─> cross-attn ─> LN ─> FFN   (as decoder.py)                                           │
+        └────────────────────────────────────────────────────────────────────────────────────────────┘
+        LN ─> last position ─> [lm_head_0 | ... | lm_head_K-1] ─> logits [B, K, vocab]
+
+Bind the same OrtValue as ``past_key.i`` input and ``present_key.i`` output (IOBinding) and the
+cache is updated in place: a step's cost no longer includes copying the whole cache (DESIGN.md §5).
+Q/K/V projections and the K lm_heads are each fused into one matrix multiply.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .decoder import DecoderStep, cross_names, past_names, present_names
+
+FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask", "past_length"]
+
+
+def input_names(num_layers: int) -> list[str]:
+    return FIXED_INPUT_NAMES + cross_names(num_layers) + past_names(num_layers)
+
+
+def output_names(num_layers: int) -> list[str]:
+    return ["logits", *present_names(num_layers)]
+
+
+def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 2: "seq_len"},
+        "encoder_attention_mask": {0: "batch", 1: "text_len"},
+        "logits": {0: "batch"},
+    }
+    axes.update({name: {0: "batch", 2: "text_len"} for name in cross_names(num_layers)})
+    axes.update({name: {0: "batch", 2: "max_len"} for name in past_names(num_layers)})
+    axes.update({name: {0: "batch", 2: "max_len"} for name in present_names(num_layers)})
+    return axes
+
+
+class StaticCacheAttention(torch.autograd.Function):
+    """Causal self-attention over a preallocated cache; exported as com.microsoft GroupQueryAttention."""
+
+    @staticmethod
+    def forward(ctx, qkv, past_key, past_value, seqlens_k, total_length, num_heads: int, scale: float):
+        batch, seq_len, width = qkv.shape
+        head_dim = width // (3 * num_heads)
+        total = int(total_length)
+        past = total - seq_len
+        q, k, v = (
+            t.reshape(batch, seq_len, num_heads, head_dim).transpose(1, 2) for t in qkv.split(width // 3, dim=-1)
+        )
+        present_key, present_value = past_key.clone(), past_value.clone()
+        present_key[:, :, past:total] = k
+        present_value[:, :, past:total] = v
+        keys, values = present_key[:, :, :total], present_value[:, :, :total]
+        positions = torch.arange(past, total)
+        causal = (torch.arange(total)[None, :] > positions[:, None]).to(qkv.dtype) * torch.finfo(qkv.dtype).min
+        scores = torch.matmul(q, keys.transpose(2, 3)) * scale + causal
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        return out.transpose(1, 2).reshape(batch, seq_len, width // 3), present_key, present_value
+
+    @staticmethod
+    def symbolic(g, qkv, past_key, past_value, seqlens_k, total_length, num_heads: int, scale: float):
+        from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
+
+        empty = _optional_input_placeholder_tensor(g)
+        return g.op(
+            "com.microsoft::GroupQueryAttention",
+            qkv,
+            empty,
+            empty,
+            past_key,
+            past_value,
+            seqlens_k,
+            total_length,
+            num_heads_i=num_heads,
+            kv_num_heads_i=num_heads,
+            scale_f=scale,
+            outputs=3,
+        )
+
+
+class DecoderStaticStep(DecoderStep):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        attn = [layer.self_attn for layer in self.layers]
+        self.qkv_weights = nn.ParameterList(
+            [nn.Parameter(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0)) for a in attn]
+        )
+        self.lm_weight = nn.Parameter(torch.cat([head.weight for head in self.lm_heads], dim=0))
+        self.vocab = self.lm_heads[0].weight.shape[0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        past_length: torch.Tensor,
+        *cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n = self.num_layers
+        cross, past = cache[: 2 * n], cache[2 * n :]
+        batch, seq_len = input_ids.shape[0], input_ids.shape[2]
+        positions = torch.arange(seq_len, device=input_ids.device) + past_length
+        hidden = self.embed(input_ids, positions)
+        total = (past_length + seq_len).to(torch.int32)
+        seqlens_k = (total - 1).reshape(1).expand(batch)
+        cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
+
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            residual = hidden
+            qkv = torch.matmul(layer.self_attn_layer_norm(hidden), self.qkv_weights[i].t())
+            attn, key, value = StaticCacheAttention.apply(
+                qkv, past[2 * i], past[2 * i + 1], seqlens_k, total, self.num_heads, self.scale
+            )
+            presents += [key, value]
+            hidden = residual + layer.self_attn.out_proj(attn)
+            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], cross_bias, has_text)
+
+        last = self.layer_norm(hidden[:, -1])
+        logits = torch.matmul(last, self.lm_weight.t()).reshape(batch, self.num_codebooks, self.vocab)
+        return (logits, *presents)
+
+    def example_inputs(
+        self,
+        batch: int = 2,
+        seq_len: int = 3,
+        past_len: int = 2,
+        text_len: int = 5,
+        vocab: int = 2048,
+        max_len: int = 16,
+    ) -> tuple[torch.Tensor, ...]:
+        plain = super().example_inputs(batch, seq_len, past_len, text_len, vocab)
+        ids, mask = plain[0], plain[1]
+        cross = plain[2 : 2 + 2 * self.num_layers]
+        shape = (batch, self.num_heads, max_len, self.head_dim)
+        past = [torch.randn(shape) for _ in range(2 * self.num_layers)]
+        return (ids, mask, torch.tensor(past_len, dtype=torch.long), *cross, *past)
