@@ -24,7 +24,8 @@ from musicgen_onnx.runtime.manifest import (
 
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
 from .onnx_io import DEFAULT_OPSET, export_module
-from .validate import FP32_TOLERANCE, validate_graph
+from .precision import apply_precision, check_precision
+from .validate import FP32_TOLERANCE, smoke_test, validate_graph
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -46,15 +47,45 @@ class GraphPlan:
     names: Callable[[Any], tuple[list[str], list[str], dict]]  # wrapper -> (inputs, outputs, dynamic axes)
 
 
-def _plans(include_audio_encoder: bool) -> list[GraphPlan]:
+KV_CACHES = ("static", "concat")
+
+
+def _decoder_plan(kv_cache: str) -> GraphPlan:
+    from musicgen_onnx.graphs import DecoderStep, decoder, decoder_static
+    from musicgen_onnx.graphs.decoder_static import DecoderStaticStep
+
+    if kv_cache == "static":
+        return GraphPlan(
+            "decoder",
+            "decoder.onnx",
+            DecoderStaticStep,
+            lambda m, w: w.example_inputs(2, 3, 2, 5, m.decoder.config.vocab_size, 16),
+            lambda w: (
+                decoder_static.input_names(w.num_layers),
+                decoder_static.output_names(w.num_layers),
+                decoder_static.dynamic_axes(w.num_layers),
+            ),
+        )
+    return GraphPlan(
+        "decoder",
+        "decoder.onnx",
+        DecoderStep,
+        lambda m, w: w.example_inputs(2, 3, 2, 5, m.decoder.config.vocab_size),
+        lambda w: (
+            decoder.input_names(w.num_layers),
+            decoder.output_names(w.num_layers),
+            decoder.dynamic_axes(w.num_layers),
+        ),
+    )
+
+
+def _plans(include_audio_encoder: bool, kv_cache: str) -> list[GraphPlan]:
     from musicgen_onnx.graphs import (
         CrossKV,
-        DecoderStep,
         EncodecDecode,
         EncodecEncode,
         TextEncoder,
         cross_kv,
-        decoder,
         encodec_decode,
         encodec_encode,
         text_encoder,
@@ -79,17 +110,7 @@ def _plans(include_audio_encoder: bool) -> list[GraphPlan]:
                 cross_kv.dynamic_axes(w.num_layers),
             ),
         ),
-        GraphPlan(
-            "decoder",
-            "decoder.onnx",
-            DecoderStep,
-            lambda m, w: w.example_inputs(2, 3, 2, 5, m.decoder.config.vocab_size),
-            lambda w: (
-                decoder.input_names(w.num_layers),
-                decoder.output_names(w.num_layers),
-                decoder.dynamic_axes(w.num_layers),
-            ),
-        ),
+        _decoder_plan(kv_cache),
         GraphPlan(
             "encodec_decode",
             "encodec_decode.onnx",
@@ -120,20 +141,20 @@ def _describe_size(path: Path, external: list[str]) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _build_manifest(ckpt: LoadedCheckpoint, graphs: dict[str, GraphSpec], files: dict[str, str]) -> Manifest:
+def _build_manifest(
+    ckpt: LoadedCheckpoint, graphs: dict[str, GraphSpec], files: dict[str, str], precision: str, kv_cache: str
+) -> Manifest:
     model = ckpt.model
     dec = model.decoder.config
     codec = model.audio_encoder.config
     hop = 1
     for ratio in codec.upsampling_ratios:
         hop *= int(ratio)
-    num_quantizers = model.audio_encoder.quantizer.get_num_quantizers_for_bandwidth(
-        codec.target_bandwidths[0]
-    )
+    num_quantizers = model.audio_encoder.quantizer.get_num_quantizers_for_bandwidth(codec.target_bandwidths[0])
     return Manifest(
         source=ckpt.source,
         random_weights=ckpt.random_weights,
-        precision="fp32",
+        precision=precision,
         audio=AudioSpec(
             sampling_rate=int(codec.sampling_rate),
             frame_rate=int(codec.sampling_rate) // hop,
@@ -152,6 +173,7 @@ def _build_manifest(ckpt: LoadedCheckpoint, graphs: dict[str, GraphSpec], files:
             max_positions=int(dec.max_position_embeddings),
             pad_token_id=int(dec.pad_token_id),
             decoder_start_token_id=int(model.generation_config.decoder_start_token_id or dec.pad_token_id),
+            kv_cache=kv_cache,
         ),
         text=TextSpec(
             tokenizer_file=TOKENIZER_FILE,
@@ -178,9 +200,7 @@ def _prepare_target(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
-        )
+        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
 
 
 def _commit(tmp: Path, output_dir: Path) -> None:
@@ -206,6 +226,8 @@ def export_model(
     tolerance: float = FP32_TOLERANCE,
     opset: int = DEFAULT_OPSET,
     revision: str | None = None,
+    precision: str = "fp32",
+    kv_cache: str = "static",
 ) -> Manifest:
     """Export ``source`` (hub id or local dir) or ``random_weights`` (a released checkpoint's name).
 
@@ -214,14 +236,15 @@ def export_model(
     """
     if (source is None) == (random_weights is None):
         raise ValueError("give exactly one of a checkpoint source or random_weights=NAME")
+    check_precision(precision)
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
     output_dir = Path(output_dir).expanduser().resolve()
     _prepare_target(output_dir, overwrite)
 
     started = time.perf_counter()
     ckpt = (
-        load_random_weights(random_weights, seed=seed)
-        if random_weights
-        else load_checkpoint(source, revision=revision)
+        load_random_weights(random_weights, seed=seed) if random_weights else load_checkpoint(source, revision=revision)
     )
     logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
 
@@ -231,7 +254,7 @@ def export_model(
     try:
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
-        for plan in _plans(include_audio_encoder):
+        for plan in _plans(include_audio_encoder, kv_cache):
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)
@@ -248,6 +271,8 @@ def export_model(
             t1 = time.perf_counter()
             if validate:
                 validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
+            if apply_precision(plan.role, path, precision):
+                smoke_test(plan.role, path, ckpt.model, wrapper)
             t2 = time.perf_counter()
             logger.info(
                 "%-15s %-22s %10s  export %5.1f s  validate %5.1f s",
@@ -267,7 +292,7 @@ def export_model(
             files.update({name: sha256_file(tmp / name) for name in external})
         ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
-        manifest = _build_manifest(ckpt, graphs, files)
+        manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache)
         manifest.save(tmp)
         _commit(tmp, output_dir)
     except BaseException:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from musicgen_onnx.graphs.decoder import DecoderStep
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -93,24 +94,66 @@ def hf_decoder_reference(model, input_ids, encoder_attention_mask, cross: list, 
     return [logits, *presents]
 
 
+def static_cache_feeds(names: list[str], inputs: list, num_layers: int, max_len: int) -> dict[str, np.ndarray]:
+    """Plain-decoder inputs (ids, mask, cross..., past...) as the static-cache graph's feeds."""
+    ids, mask = inputs[0], inputs[1]
+    cross, past = inputs[2 : 2 + 2 * num_layers], inputs[2 + 2 * num_layers :]
+    past_len = past[0].shape[2]
+    buffers = []
+    for p in past:
+        buf = np.zeros((p.shape[0], p.shape[1], max_len, p.shape[3]), np.float32)
+        buf[:, :, :past_len] = p.numpy()
+        buffers.append(buf)
+    values = [ids.numpy(), mask.numpy(), np.array(past_len, np.int64)]
+    values += [c.numpy() for c in cross] + buffers
+    return dict(zip(names, values, strict=True))
+
+
 def validate_decoder(path: Path, model, wrapper, tol: float) -> list[Check]:
     import torch
 
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
+    static = "past_length" in names
     checks = []
     generator = torch.Generator().manual_seed(1234)
+    n = wrapper.num_layers
     for batch, seq_len, past_len, text_len in [(1, 4, 0, 3), (3, 1, 5, 6), (2, 3, 7, 1)]:
-        inputs = wrapper.example_inputs(batch, seq_len, past_len, text_len)
+        if static and batch > 1 and seq_len > 1 and past_len > 0:
+            continue  # never fed by the runtime (prefill has no past); GQA would need query_seqlens
+        inputs = DecoderStep.example_inputs(wrapper, batch, seq_len, past_len, text_len)
         inputs = [torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in inputs]
-        n = wrapper.num_layers
         ids, mask, cross, past = inputs[0], inputs[1], list(inputs[2 : 2 + 2 * n]), list(inputs[2 + 2 * n :])
-        feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
-        ours = session.run(None, feeds)
+        if static:
+            total = past_len + seq_len
+            ours = session.run(None, static_cache_feeds(names, inputs, n, total + 3))
+            ours = [ours[0]] + [p[:, :, :total] for p in ours[1:]]
+        else:
+            ours = session.run(None, {name: t.numpy() for name, t in zip(names, inputs, strict=True)})
         ref = hf_decoder_reference(model, ids, mask, cross, past)
         case = f"batch={batch} seq={seq_len} past={past_len} text={text_len}"
         checks.append(_compare("decoder", case, ours, ref, tol))
     return checks
+
+
+def smoke_test(role: str, path: Path, model, wrapper) -> None:
+    """A reduced-precision graph is not held to fp32 parity here (quality is measured separately,
+    as KL divergence and token agreement); it must still load, run and give finite outputs."""
+    import torch
+
+    session = _session(path)
+    names = [i.name for i in session.get_inputs()]
+    if role == "decoder":
+        inputs = DecoderStep.example_inputs(wrapper, 2, 1, 3, 4)
+        if "past_length" in names:
+            feeds = static_cache_feeds(names, list(inputs), wrapper.num_layers, 8)
+        else:
+            feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
+    else:
+        feeds = {names[0]: torch.randn(2, 3, model.decoder.config.hidden_size).numpy()}
+    outputs = session.run(None, feeds)
+    if not all(np.isfinite(o).all() for o in outputs):
+        raise ValidationError(f"{role}: the converted graph produces NaN or inf")
 
 
 def validate_text_encoder(path: Path, model, wrapper, tol: float) -> list[Check]:
@@ -199,9 +242,7 @@ VALIDATORS: dict[str, Callable] = {
 def validate_graph(role: str, path: Path, model, wrapper, tol: float = FP32_TOLERANCE) -> list[Check]:
     checks = VALIDATORS[role](path, model, wrapper, tol)
     for check in checks:
-        logger.debug(
-            "validate %s [%s]: max|diff| %.3g (scale %.3g)", role, check.case, check.max_abs_diff, check.scale
-        )
+        logger.debug("validate %s [%s]: max|diff| %.3g (scale %.3g)", role, check.case, check.max_abs_diff, check.scale)
         if not check.ok:
             raise ValidationError(
                 f"{role} [{check.case}] differs from PyTorch: max |diff| {check.max_abs_diff:.3g} > "

@@ -24,9 +24,7 @@ class EncodecDecode(nn.Module):
         codec = model.audio_encoder
         self.quantizer = codec.quantizer
         self.decoder = TraceableStack(codec.decoder.layers)
-        self.num_quantizers = codec.quantizer.get_num_quantizers_for_bandwidth(
-            codec.config.target_bandwidths[0]
-        )
+        self.num_quantizers = codec.quantizer.get_num_quantizers_for_bandwidth(codec.config.target_bandwidths[0])
 
     def forward(self, audio_codes: torch.Tensor) -> torch.Tensor:
         embeddings = self.quantizer.decode(audio_codes.transpose(0, 1))

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from .manifest import Manifest
 
 
-class DecoderRunner:
+class ConcatDecoderRunner:
     """Concat-style cache: each step's ``present`` outputs become the next step's ``past`` inputs.
 
     Outputs are bound as OrtValues on the session's device and re-bound as inputs, so the cache is
@@ -38,7 +38,7 @@ class DecoderRunner:
     def past_length(self) -> int:
         return self._past_len
 
-    def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray) -> None:
+    def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         """Bind the per-prompt inputs (cross K/V, text mask) once and reset the cache to empty."""
         rows = encoder_attention_mask.shape[0]
         binding = self.session.io_binding()
@@ -67,3 +67,84 @@ class DecoderRunner:
             binding.bind_ortvalue_input(name, value)
         self._past_len += input_ids.shape[2]
         return outputs[0].numpy()
+
+
+class StaticDecoderRunner:
+    """Preallocated cache of the generation's full length, updated in place by the graph.
+
+    Each ``past_key.i`` buffer is bound as both the input and the ``present_key.i`` output, so
+    onnxruntime writes only the new rows (DESIGN.md §5). All inputs and outputs are OrtValues on
+    the session's device, bound once per phase: a step costs one ``run_with_iobinding`` plus two
+    tiny host copies (the token ids and the past length in, the logits out).
+    """
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu") -> None:
+        self.session = session
+        self.device = device
+        spec = manifest.graphs["decoder"]
+        d = manifest.decoder
+        self.num_heads, self.head_dim, self.num_codebooks, self.vocab = (
+            d.num_heads,
+            d.head_dim,
+            d.num_codebooks,
+            d.vocab_size,
+        )
+        n = d.num_layers
+        self.cross_names = spec.inputs[3 : 3 + 2 * n]
+        self.past_names = spec.inputs[3 + 2 * n :]
+        self.present_names = spec.outputs[1:]
+        self._binding: ort.IOBinding | None = None
+        self._rows = 0
+        self._ids: ort.OrtValue | None = None
+        self._past_length = np.zeros((), np.int64)
+        self._past_value: ort.OrtValue | None = None
+        self._logits: ort.OrtValue | None = None
+
+    @property
+    def past_length(self) -> int:
+        return int(self._past_length)
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
+        rows = encoder_attention_mask.shape[0]
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("encoder_attention_mask", self._value(encoder_attention_mask.astype(np.int64)))
+        for name, value in zip(self.cross_names, cross_kv, strict=True):
+            binding.bind_ortvalue_input(name, self._value(value.astype(np.float32, copy=False)))
+        shape = [rows, self.num_heads, max_length, self.head_dim]
+        for past, present in zip(self.past_names, self.present_names, strict=True):
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
+        self._logits = ort.OrtValue.ortvalue_from_shape_and_type(
+            [rows, self.num_codebooks, self.vocab], np.float32, self.device, 0
+        )
+        binding.bind_ortvalue_output("logits", self._logits)
+        self._past_length[...] = 0
+        self._past_value = self._value(self._past_length)
+        binding.bind_ortvalue_input("past_length", self._past_value)
+        self._binding, self._rows, self._ids = binding, rows, None
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        binding = self._binding
+        if binding is None:
+            raise RuntimeError("StaticDecoderRunner.step called before start()")
+        ids = np.ascontiguousarray(input_ids, np.int64)
+        if self._ids is None or tuple(self._ids.shape()) != ids.shape:
+            self._ids = self._value(ids)  # prefill, then the first single step: rebind once each
+            binding.bind_ortvalue_input("input_ids", self._ids)
+        else:
+            self._ids.update_inplace(ids)
+        self._past_value.update_inplace(self._past_length)
+        self.session.run_with_iobinding(binding)
+        self._past_length += ids.shape[2]
+        return self._logits.numpy()
+
+
+def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu"):
+    """The runner matching the exported decoder graph (manifest.decoder.kv_cache)."""
+    if manifest.decoder.kv_cache == "static":
+        return StaticDecoderRunner(session, manifest, device)
+    return ConcatDecoderRunner(session, manifest)

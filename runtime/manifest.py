@@ -60,6 +60,9 @@ class DecoderSpec:
     max_positions: int
     pad_token_id: int
     decoder_start_token_id: int
+    #: "static": preallocated cache updated in place (GroupQueryAttention, a past_length input);
+    #: "concat": past/present tensors that grow by one position per step.
+    kv_cache: str = "concat"
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,7 @@ class Manifest:
         path = directory / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found: {directory} is not a musicgen-onnx export "
-                "(create one with `musicgen-onnx export`)"
+                f"{path} not found: {directory} is not a musicgen-onnx export (create one with `musicgen-onnx export`)"
             )
         try:
             data = json.loads(path.read_text())

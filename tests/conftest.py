@@ -44,3 +44,13 @@ def exported_mono(tiny_mono_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "mono"
     export_model(str(tiny_mono_checkpoint), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_stereo_concat(tiny_stereo_checkpoint, tmp_path_factory) -> Path:
+    """The tiny stereo checkpoint with the growing (concat) KV-cache decoder instead of the static one."""
+    from musicgen_onnx.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "stereo_concat"
+    export_model(str(tiny_stereo_checkpoint), out, kv_cache="concat", include_audio_encoder=False)
+    return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 from musicgen_onnx.export import export_model
 from musicgen_onnx.export.loading import CheckpointError
-from musicgen_onnx.export.validate import ValidationError, hf_decoder_reference
+from musicgen_onnx.export.validate import ValidationError, hf_decoder_reference, static_cache_feeds
 from musicgen_onnx.graphs import DecoderStep
 from musicgen_onnx.runtime.manifest import GRAPH_ROLES, Manifest, sha256_file
 from transformers import MusicgenForConditionalGeneration
@@ -33,18 +33,23 @@ def hf_mono(tiny_mono_checkpoint):
     return MusicgenForConditionalGeneration.from_pretrained(tiny_mono_checkpoint).eval()
 
 
-@pytest.mark.parametrize("which", ["stereo", "mono"])
-@pytest.mark.parametrize(("batch", "seq_len", "past_len"), [(1, 1, 0), (2, 5, 0), (3, 1, 4), (2, 3, 9), (1, 1, 40)])
+@pytest.mark.parametrize("which", ["stereo", "mono", "stereo_concat"])
+@pytest.mark.parametrize(("batch", "seq_len", "past_len"), [(1, 1, 0), (2, 5, 0), (3, 1, 4), (1, 3, 9), (1, 1, 40)])
 def test_decoder_matches_transformers(which, batch, seq_len, past_len, request):
     export_dir = request.getfixturevalue(f"exported_{which}")
-    model = request.getfixturevalue(f"hf_{which}")
+    model = request.getfixturevalue(f"hf_{which.split('_')[0]}")
     session = _session(export_dir / "decoder.onnx")
     wrapper = DecoderStep(model)
     torch.manual_seed(batch * 100 + seq_len * 10 + past_len)
     inputs = wrapper.example_inputs(batch, seq_len, past_len, text_len=6)
     n = wrapper.num_layers
     names = [i.name for i in session.get_inputs()]
-    ours = session.run(None, {k: v.numpy() for k, v in zip(names, inputs, strict=True)})
+    total = past_len + seq_len
+    if Manifest.load(export_dir).decoder.kv_cache == "static":
+        ours = session.run(None, static_cache_feeds(names, list(inputs), n, total + 5))
+        ours = [ours[0]] + [p[:, :, :total] for p in ours[1:]]
+    else:
+        ours = session.run(None, {k: v.numpy() for k, v in zip(names, inputs, strict=True)})
     ref = hf_decoder_reference(model, inputs[0], inputs[1], list(inputs[2 : 2 + 2 * n]), list(inputs[2 + 2 * n :]))
     assert ours[0].shape == (batch, model.decoder.config.num_codebooks, 2048)
     for a, b in zip(ours, ref, strict=True):

@@ -25,6 +25,13 @@ def stereo(tiny_stereo_checkpoint, exported_stereo):
 
 
 @pytest.fixture(scope="module")
+def stereo_concat(tiny_stereo_checkpoint, exported_stereo_concat):
+    hf = MusicgenForConditionalGeneration.from_pretrained(tiny_stereo_checkpoint).eval()
+    model = MusicGen.load(exported_stereo_concat, provider="cpu")
+    return hf, AutoTokenizer.from_pretrained(tiny_stereo_checkpoint), model
+
+
+@pytest.fixture(scope="module")
 def mono(tiny_mono_checkpoint, exported_mono):
     hf = MusicgenForConditionalGeneration.from_pretrained(tiny_mono_checkpoint).eval()
     return hf, AutoTokenizer.from_pretrained(tiny_mono_checkpoint), MusicGen.load(exported_mono, provider="cpu")
@@ -47,7 +54,7 @@ def assert_same(ours, ref_audio, ref_codes):
     np.testing.assert_allclose(ours.audio, ref_audio, atol=AUDIO_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("which", ["stereo", "mono"])
+@pytest.mark.parametrize("which", ["stereo", "mono", "stereo_concat"])
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
 def test_greedy_text_batch_of_different_lengths(which, guidance, request):
     hf, tok, ours = request.getfixturevalue(which)

@@ -33,7 +33,7 @@ def tiny_config(
     *,
     channels: int = 2,
     text_hidden: int = 32,
-    decoder_hidden: int = 48,
+    decoder_hidden: int = 64,  # head_dim 16: GroupQueryAttention needs a multiple of 8
     layers: int = 2,
     heads: int = 4,
     max_positions: int = 512,
@@ -107,7 +107,7 @@ def build_tiny_checkpoint(
     channels: int = 2,
     seed: int = 0,
     text_hidden: int = 32,
-    decoder_hidden: int = 48,
+    decoder_hidden: int = 64,  # head_dim 16: GroupQueryAttention needs a multiple of 8
     layers: int = 2,
     heads: int = 4,
     max_positions: int = 512,

@@ -1,0 +1,74 @@
+"""Export-time weight precision passes: int8 (and 4-bit) weights for CPU, fp16 for GPU.
+
+fp32 at decoder batch 2 is memory-bound on CPU (~1.4 GB of weights read per step, DESIGN.md §5):
+fewer weight bytes is the only way down. Every variant is produced from the validated fp32 graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("musicgen_onnx")
+
+#: precision -> the graphs it changes (others stay fp32: the T5 encoder overflows in fp16, and the
+#: cross K/V and EnCodec graphs run once per clip).
+PRECISIONS = {
+    "fp32": (),
+    "int8": ("decoder",),
+    "int4": ("decoder",),
+    "fp16": ("decoder", "cross_kv"),
+}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+
+
+def quantize_int8(path: Path) -> None:
+    """Dynamic int8 quantization of every MatMul weight (signed int8: the VNNI u8 x s8 kernels)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name(path.stem + ".int8.onnx")
+    quantize_dynamic(
+        str(path),
+        str(tmp),
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    tmp.replace(path)
+
+
+def quantize_int4(path: Path, block_size: int = 128) -> None:
+    """4-bit block-wise weights (MatMulNBits, accuracy level 4 = int8 activations on CPU)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(path))
+    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    onnx.save_model(quantizer.model.model, str(path))
+
+
+def convert_fp16(path: Path) -> None:
+    """fp16 weights and activations with fp32 inputs/outputs, for the CUDA execution provider."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Softmax"])
+    onnx.save_model(model, str(path))
+
+
+def apply_precision(role: str, path: Path, precision: str) -> bool:
+    """Convert one exported fp32 graph in place; returns whether it changed."""
+    if role not in PRECISIONS[precision]:
+        return False
+    if path.with_name(path.name + ".data").exists():
+        raise NotImplementedError(f"{precision} for graphs with external data ({path.name}) is not supported yet")
+    {"int8": quantize_int8, "int4": quantize_int4, "fp16": convert_fp16}[precision](path)
+    logger.info("%-15s converted to %s", role, precision)
+    return True
