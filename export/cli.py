@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the EnCodec encoder (only needed for audio prompts)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "int4", "fp16"),
+        default="fp32",
+        help="decoder weights: fp32 (default), int8 / int4 (CPU), fp16 (CUDA); recorded in the manifest",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=("static", "concat"),
+        default="static",
+        help="static: preallocated in-place cache (default); concat: growing past/present tensors",
+    )
     parser.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     parser.add_argument("-v", "--verbose", action="store_true", help="log validation details")
     return parser
@@ -88,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             include_audio_encoder=not args.no_audio_encoder,
             validate=not args.no_validate,
             revision=args.revision,
+            precision=args.precision,
+            kv_cache=args.kv_cache,
         )
     except (
         FileNotFoundError,
