@@ -75,7 +75,7 @@ class StaticCacheAttention(torch.autograd.Function):
         from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
 
         empty = _optional_input_placeholder_tensor(g)
-        return g.op(
+        out, present_key, present_value = g.op(
             "com.microsoft::GroupQueryAttention",
             qkv,
             empty,
@@ -89,6 +89,11 @@ class StaticCacheAttention(torch.autograd.Function):
             scale_f=scale,
             outputs=3,
         )
+        # Declare the output types so the exporter's shape inference knows this contrib op.
+        out.setType(qkv.type().with_sizes([None, None, None]))
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return out, present_key, present_value
 
 
 class DecoderStaticStep(DecoderStep):
