@@ -239,6 +239,8 @@ def export_model(
     check_precision(precision)
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
+    if precision == "fp16" and kv_cache != "static":
+        raise ValueError("precision='fp16' needs kv_cache='static' (GroupQueryAttention keeps the fp16 cache in place)")
     output_dir = Path(output_dir).expanduser().resolve()
     _prepare_target(output_dir, overwrite)
 

@@ -53,13 +53,18 @@ def quantize_int4(path: Path, block_size: int = 128) -> None:
     onnx.save_model(quantizer.model.model, str(path))
 
 
-def convert_fp16(path: Path) -> None:
-    """fp16 weights and activations with fp32 inputs/outputs, for the CUDA execution provider."""
+def convert_fp16(path: Path, keep_inputs: tuple[str, ...] = ()) -> None:
+    """fp16 weights, activations and float I/O, for the CUDA execution provider.
+
+    The KV cache and cross K/V stay fp16 end to end (a cast at the graph boundary would break the
+    in-place cache buffers); ``keep_inputs`` stay fp32 (the T5 output feeding the cross K/V graph).
+    Large negative mask constants are clamped to the fp16 range by the converter.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path))
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Softmax"])
+    model = convert_float_to_float16(model, keep_io_types=list(keep_inputs) if keep_inputs else False)
     onnx.save_model(model, str(path))
 
 
@@ -69,6 +74,9 @@ def apply_precision(role: str, path: Path, precision: str) -> bool:
         return False
     if path.with_name(path.name + ".data").exists():
         raise NotImplementedError(f"{precision} for graphs with external data ({path.name}) is not supported yet")
-    {"int8": quantize_int8, "int4": quantize_int4, "fp16": convert_fp16}[precision](path)
+    if precision == "fp16":
+        convert_fp16(path, ("encoder_hidden_states",) if role == "cross_kv" else ())
+    else:
+        {"int8": quantize_int8, "int4": quantize_int4}[precision](path)
     logger.info("%-15s converted to %s", role, precision)
     return True

@@ -93,6 +93,9 @@ class StaticDecoderRunner:
         self.cross_names = spec.inputs[3 : 3 + 2 * n]
         self.past_names = spec.inputs[3 + 2 * n :]
         self.present_names = spec.outputs[1:]
+        # fp16 exports keep the cache, cross K/V and logits in fp16 (the loop casts logits to fp32)
+        past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
+        self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self._binding: ort.IOBinding | None = None
         self._rows = 0
         self._ids: ort.OrtValue | None = None
@@ -112,14 +115,14 @@ class StaticDecoderRunner:
         binding = self.session.io_binding()
         binding.bind_ortvalue_input("encoder_attention_mask", self._value(encoder_attention_mask.astype(np.int64)))
         for name, value in zip(self.cross_names, cross_kv, strict=True):
-            binding.bind_ortvalue_input(name, self._value(value.astype(np.float32, copy=False)))
+            binding.bind_ortvalue_input(name, self._value(value.astype(self.dtype, copy=False)))
         shape = [rows, self.num_heads, max_length, self.head_dim]
         for past, present in zip(self.past_names, self.present_names, strict=True):
-            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, self.device, 0)
             binding.bind_ortvalue_input(past, buffer)
             binding.bind_ortvalue_output(present, buffer)
         self._logits = ort.OrtValue.ortvalue_from_shape_and_type(
-            [rows, self.num_codebooks, self.vocab], np.float32, self.device, 0
+            [rows, self.num_codebooks, self.vocab], self.dtype, self.device, 0
         )
         binding.bind_ortvalue_output("logits", self._logits)
         self._past_length[...] = 0
