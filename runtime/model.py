@@ -339,7 +339,9 @@ class MusicGen:
             text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
         runner = make_runner(self._decoder, self.manifest, self.device)
         runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
-        feed = state.prefill_ids(cfg)
+        # copies: without CFG the ids are views of the state's buffer, and a runner may keep (and later
+        # overwrite in place) the memory it is given
+        feed = np.array(state.prefill_ids(cfg))
         while True:
             t0 = time.perf_counter()
             logits = runner.step(feed)
@@ -356,7 +358,7 @@ class MusicGen:
             yield state
             if state.done:
                 return
-            feed = state.step_ids(cfg)
+            feed = np.array(state.step_ids(cfg))
 
     def _decode_tokens(
         self,

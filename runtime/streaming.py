@@ -137,6 +137,8 @@ def decode_long(model: MusicGen, codes: np.ndarray, max_frames: int = ONE_SHOT_D
     """``model.decode_codes`` for any length: one call up to ``max_frames`` (exactly what transformers does),
     overlapping pieces (the streaming decoder, same bound) beyond, to keep memory flat for long-form clips."""
     frames = codes.shape[-1]
+    if frames == 0:  # stopped before the first frame
+        return np.zeros((codes.shape[0], model.channels, 0), np.float32)
     if frames <= max_frames:
         return model.decode_codes(codes)
     dec = StreamDecoder(model.decode_codes, model.manifest.audio.hop_length, model.channels)

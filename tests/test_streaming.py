@@ -1,0 +1,192 @@
+"""Streaming: chunks while generating, incremental EnCodec decode with a cross-fade, cancel.
+
+The tiny checkpoint's EnCodec codebooks are all zeros (transformers initialises them so), which makes its audio
+independent of the codes; the SNR tests use a copy with random codebooks so the decoder really depends on them.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime.streaming import (
+    CROSSFADE_FRAMES,
+    LEFT_CONTEXT_FRAMES,
+    RIGHT_CONTEXT_FRAMES,
+    StreamDecoder,
+    decode_long,
+    measure_receptive_field,
+    snr_db,
+)
+
+SR, HOP = 32000, 640
+SNR_BOUND_DB = 40.0
+TEXTS = ["an upbeat rock song with electric guitars", "calm piano"]
+
+
+@pytest.fixture(scope="module")
+def live_stereo(tiny_stereo_checkpoint, tmp_path_factory) -> MusicGen:
+    """The tiny stereo checkpoint with random (not zero) EnCodec codebooks, exported."""
+    torch = pytest.importorskip("torch")
+    from musicgen_onnx.export import export_model
+    from transformers import MusicgenForConditionalGeneration
+
+    ckpt = tmp_path_factory.mktemp("live_codebooks") / "ckpt"
+    shutil.copytree(tiny_stereo_checkpoint, ckpt)
+    model = MusicgenForConditionalGeneration.from_pretrained(ckpt).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=gen))
+    model.save_pretrained(ckpt)
+    out = ckpt.parent / "export"
+    export_model(str(ckpt), out)
+    return MusicGen.load(out, provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def mono(exported_mono) -> MusicGen:
+    return MusicGen.load(exported_mono, provider="cpu")
+
+
+def check_snr(ref: np.ndarray, test: np.ndarray, what: str) -> None:
+    """SNR >= 40 dB, and also against the reference without its DC (random decoders output a large offset,
+    which would make the plain SNR ~20 dB easier)."""
+    dc = ref.mean(axis=-1, keepdims=True)
+    snr, snr_ac = snr_db(ref, test), snr_db(ref - dc, test - dc)
+    print(f"{what}: SNR {snr:.1f} dB, without DC {snr_ac:.1f} dB")
+    assert snr >= SNR_BOUND_DB and snr_ac >= SNR_BOUND_DB
+
+
+def concat(chunks) -> np.ndarray:
+    return np.concatenate([c.audio for c in chunks], axis=-1)
+
+
+def check_chunks(chunks, batch, channels):
+    assert chunks and chunks[-1].final and not any(c.final for c in chunks[:-1])
+    start = 0
+    for c in chunks:
+        assert c.audio.dtype == np.float32 and c.audio.shape[:2] == (batch, channels)
+        assert c.start_sample == start and math.isclose(c.start, start / SR)
+        assert np.isfinite(c.audio).all()
+        start += c.audio.shape[-1]
+
+
+def test_receptive_field_is_covered_by_the_context(live_stereo):
+    for eps in (1e-4, 1e-5):
+        rf = measure_receptive_field(live_stereo, eps=eps)
+        assert 0 < rf.before < RIGHT_CONTEXT_FRAMES  # convolutions only: finite (4 frames measured)
+        assert 0 < rf.after <= LEFT_CONTEXT_FRAMES + CROSSFADE_FRAMES  # LSTM memory: 10 / 15 frames measured
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_stream_matches_one_shot_decode(live_stereo, batch):
+    kwargs = dict(duration=5.0, seed=3, top_k=250, temperature=20.0)
+    ref = live_stereo.generate_detailed(TEXTS[:batch], **kwargs)
+    chunks = list(live_stereo.stream(TEXTS[:batch], chunk_seconds=0.5, **kwargs))
+    check_chunks(chunks, batch, 2)
+    audio = concat(chunks)
+    assert audio.shape == ref.audio.shape == (batch, 2, 5 * SR)
+    check_snr(ref.audio, audio, f"stream vs one-shot decode, tiny stereo, batch {batch}")
+    assert len(chunks) >= 10  # 250 frames in chunks of 25
+
+
+def test_stream_long_form(live_stereo):
+    kwargs = dict(duration=12.0, window=4.0, extend_stride=2.4, do_sample=False)
+    ref = live_stereo.generate_detailed(TEXTS[:1], **kwargs)
+    chunks = list(live_stereo.stream(TEXTS[:1], chunk_seconds=1.0, **kwargs))
+    check_chunks(chunks, 1, 2)
+    assert len(chunks) >= 12 and len(ref.windows) == 5
+    check_snr(ref.audio, concat(chunks), "stream vs one-shot decode, tiny stereo long-form 12 s")
+
+
+def test_decode_long_matches_one_shot(live_stereo):
+    codes = np.random.default_rng(0).integers(0, 2048, (1, 8, 3750))  # 75 s: decoded in 1500-frame pieces
+    check_snr(live_stereo.decode_codes(codes), decode_long(live_stereo, codes), "decode_long vs one-shot, 75 s")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stream_decoder_any_increments(live_stereo, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2048, (2, 8, 400))
+    dec = StreamDecoder(live_stereo.decode_codes, HOP, 2)
+    parts, ready = [], 0
+    while ready < 400:
+        ready = min(400, ready + int(rng.integers(1, 40)))
+        parts.append(dec.step(codes, ready, final=ready == 400))
+    audio = np.concatenate(parts, axis=-1)
+    assert audio.shape == (2, 2, 400 * HOP)
+    check_snr(live_stereo.decode_codes(codes), audio, f"StreamDecoder, random increments (seed {seed})")
+
+
+def test_overlap_is_what_makes_it_exact(live_stereo):
+    """Without left context, right context and cross-fade the seams show: the SNR test above has teeth."""
+    codes = np.random.default_rng(0).integers(0, 2048, (1, 8, 400))
+    ref = live_stereo.decode_codes(codes)
+    dec = StreamDecoder(live_stereo.decode_codes, HOP, 2, left_context=0, right_context=0, crossfade=0)
+    audio = np.concatenate([dec.step(codes, r) for r in range(50, 400, 50)] + [dec.step(codes, 400, final=True)], -1)
+    dc = ref.mean(axis=-1, keepdims=True)
+    assert snr_db(ref - dc, audio - dc) < SNR_BOUND_DB
+
+
+def test_chunks_arrive_before_the_loop_ends(mono):
+    events = []
+
+    def progress(done, total):
+        events.append(("progress", done, total))
+
+    for chunk in mono.stream(None, duration=4.0, chunk_seconds=1.0, seed=0, progress=progress):
+        events.append(("chunk", chunk.start, chunk.final))
+    chunks = [e for e in events if e[0] == "chunk"]
+    assert len(chunks) >= 4  # 4 chunks of frames -> at least 4 chunks
+    first = events.index(chunks[0])
+    assert any(e[0] == "progress" and e[1] < e[2] for e in events[first:])  # generation went on afterwards
+    assert events[-2] == ("progress", 200, 200) and events[-1][2]  # the final chunk comes after the last step
+
+
+def test_cancel_returns_a_valid_shorter_clip(live_stereo):
+    stop_at = 130
+
+    def progress(done, total):
+        return done < stop_at
+
+    kwargs = dict(duration=5.0, seed=1, top_k=250, temperature=20.0)
+    chunks = list(live_stereo.stream(TEXTS, chunk_seconds=0.5, progress=progress, **kwargs))
+    check_chunks(chunks, 2, 2)
+    audio = concat(chunks)
+    assert audio.shape == (2, 2, stop_at * HOP)
+    ref = live_stereo.generate_detailed(TEXTS, progress=progress, **kwargs)
+    assert ref.stopped_early and ref.audio.shape == audio.shape
+    check_snr(ref.audio, audio, "cancelled stream vs cancelled generate")
+
+
+def test_cancel_before_the_first_frame(mono):
+    chunks = list(mono.stream(None, duration=4.0, seed=0, progress=lambda done, total: False))
+    assert len(chunks) == 1 and chunks[0].final and chunks[0].audio.shape == (1, 1, 0)
+    result = mono.generate_detailed(None, duration=4.0, seed=0, progress=lambda done, total: False)
+    assert result.stopped_early and result.audio.shape == (1, 1, 0) and result.codes.shape == (1, 4, 0)
+
+
+def test_stream_with_audio_prompt(live_stereo):
+    rng = np.random.default_rng(2)
+    prompt = (0.2 * rng.standard_normal((1, int(1.5 * SR)))).astype(np.float32)  # mono prompt, stereo model
+    kwargs = dict(duration=4.0, seed=0, do_sample=False, prompt_audio=prompt, prompt_sample_rate=SR)
+    ref = live_stereo.generate_detailed(TEXTS[:1], **kwargs)
+    chunks = list(live_stereo.stream(TEXTS[:1], chunk_seconds=0.5, **kwargs))
+    check_chunks(chunks, 1, 2)
+    assert chunks[0].audio.shape[-1] >= 0.5 * SR
+    check_snr(ref.audio, concat(chunks), "stream with an audio prompt")
+
+
+@pytest.mark.parametrize("chunk", [0.01, 0.0, -1.0, float("nan"), "1", True])
+def test_bad_chunk_sizes(mono, chunk):
+    with pytest.raises(ValueError, match="chunk_seconds must be"):
+        mono.stream(None, duration=2.0, chunk_seconds=chunk)  # raised by the call, before any generation
+
+
+def test_stream_validates_generation_arguments_eagerly(mono):
+    with pytest.raises(ValueError, match="extend_stride"):
+        mono.stream(None, duration=20.0, window=4.0, extend_stride=5.0)
