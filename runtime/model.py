@@ -171,7 +171,12 @@ class MusicGen:
         return GenerationResult(audio, codes, self.sampling_rate, timings, job.step_times, job.stopped, windows)
 
     def stream(
-        self, texts: str | Sequence[str] | None = None, *, chunk_seconds: float = 1.0, progress=None, **kwargs
+        self,
+        texts: str | Sequence[str] | None = None,
+        *,
+        chunk_seconds: float = 1.0,
+        progress: ProgressCallback | None = None,
+        **kwargs,
     ) -> Iterator[AudioChunk]:
         """Like ``generate_detailed`` (same keyword arguments), but yields ``AudioChunk``s while generating.
 

@@ -190,3 +190,32 @@ def test_bad_chunk_sizes(mono, chunk):
 def test_stream_validates_generation_arguments_eagerly(mono):
     with pytest.raises(ValueError, match="extend_stride"):
         mono.stream(None, duration=20.0, window=4.0, extend_stride=5.0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cli_long_form_stream_and_ctrl_c(exported_mono, tmp_path, stream, monkeypatch):
+    """The CLI's --duration beyond the window, --stream, and Ctrl-C saving what was generated."""
+    import signal
+
+    import soundfile as sf
+    from musicgen_onnx.runtime import cli
+
+    flag = ["--stream"] if stream else []
+    out = tmp_path / "long.wav"
+    args = ["generate", str(exported_mono), "x", "-o", str(out), "--duration", "21", "--extend-stride", "5", "-q"]
+    assert cli.main(args + flag) == 0  # the tiny model's window is 10.16 s: three windows
+    audio, sr = sf.read(out, always_2d=True)
+    assert sr == SR and audio.shape == (21 * SR, 1)
+
+    original = cli.ProgressBar.__call__
+
+    def interrupted(self, done, total):  # Ctrl-C once 120 frames are done
+        if done >= 120 and not self.stop_requested:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, done, total)
+
+    monkeypatch.setattr(cli.ProgressBar, "__call__", interrupted)
+    out = tmp_path / "stopped.wav"
+    assert cli.main(["generate", str(exported_mono), "x", "-o", str(out), "--duration", "8", "-q", *flag]) == 0
+    audio, _ = sf.read(out, always_2d=True)
+    assert audio.shape == (120 * HOP, 1)
