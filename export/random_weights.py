@@ -96,6 +96,20 @@ def load_shipped_generation_config(name: str) -> dict[str, Any]:
     return dict(_read_shipped_json(name)[GENERATION_CONFIG_KEY])
 
 
+def randomize_codebooks(model) -> None:
+    """Give EnCodec's quantizer codebooks random entries (uses the current torch RNG).
+
+    transformers initialises the codebook buffers to zeros: every code then decodes to the same
+    embedding, so audio would not depend on the codes and encoding a prompt would tie on every
+    frame. Random entries make both meaningful without changing the compute.
+    """
+    import torch
+
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
+
+
 def build_random_model(name: str, seed: int = 0):
     """Build the real architecture of ``name`` with random weights: ``(model, tokenizer)``.
 
@@ -120,6 +134,7 @@ def build_random_model(name: str, seed: int = 0):
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
         model = model_cls(config)
+        randomize_codebooks(model)
     model = model.to(torch.float32).eval()
 
     gen = load_shipped_generation_config(name)
@@ -139,4 +154,5 @@ __all__ = [
     "is_stereo",
     "load_shipped_config",
     "load_shipped_generation_config",
+    "randomize_codebooks",
 ]

@@ -108,7 +108,9 @@ class StaticDecoderRunner:
         return int(self._past_length)
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+        # Always a private copy: on CPU an OrtValue aliases its numpy buffer, and update_inplace
+        # would otherwise write into the caller's array (e.g. the delay-pattern state).
+        return ort.OrtValue.ortvalue_from_numpy(np.array(array, order="C", copy=True), self.device, 0)
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         rows = encoder_attention_mask.shape[0]

@@ -114,6 +114,7 @@ def build_tiny_checkpoint(
 ) -> Path:
     """Build and save a tiny random-weight MusicgenForConditionalGeneration into ``out_dir``; returns the Path."""
     import torch
+    from musicgen_onnx.export.random_weights import randomize_codebooks
     from musicgen_onnx.export.standin_tokenizer import build_standin_tokenizer, save_standin_tokenizer
     from transformers import GenerationConfig, MusicgenForConditionalGeneration
 
@@ -134,6 +135,7 @@ def build_tiny_checkpoint(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MusicgenForConditionalGeneration(config)
+            randomize_codebooks(model)  # transformers leaves them all zeros: audio would ignore the codes
         model = model.to(torch.float32).eval()
         with torch.no_grad():
             for head in model.decoder.lm_heads:
