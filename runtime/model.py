@@ -256,12 +256,19 @@ class MusicGen:
         return out
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Codes [B, K, F] -> audio [B, channels, hop * F]; stereo = left (even rows) + right (odd rows)."""
+        """Codes [B, K, F] -> audio [B, channels, hop * F]; stereo = left (even rows) + right (odd rows).
+
+        One EnCodec call per clip and channel: the decoder's activations (tens of MB per second of
+        audio) would otherwise set the process's peak memory; the arithmetic is the same.
+        """
         parts = split_channels(np.asarray(codes, dtype=np.int64), self.channels)
-        batch = codes.shape[0]
-        stacked = np.ascontiguousarray(np.concatenate(parts, axis=0))
-        (audio,) = self._codec_decoder.run(None, {"audio_codes": stacked})
-        return np.concatenate([audio[i * batch : (i + 1) * batch] for i in range(len(parts))], axis=1)
+        batch, frames = codes.shape[0], codes.shape[-1]
+        audio = np.empty((batch, len(parts), self.manifest.audio.hop_length * frames), np.float32)
+        for c, part in enumerate(parts):
+            for b in range(batch):
+                (out,) = self._codec_decoder.run(None, {"audio_codes": np.ascontiguousarray(part[b : b + 1])})
+                audio[b, c] = out[0, 0]
+        return audio
 
     # ---- internals ---------------------------------------------------------------------------------
     def _job(
