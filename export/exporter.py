@@ -23,7 +23,7 @@ from musicgen_onnx.runtime.manifest import (
 )
 
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
-from .onnx_io import DEFAULT_OPSET, export_module
+from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
 from .precision import apply_precision, check_precision
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
 
@@ -275,6 +275,7 @@ def export_model(
                 validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
             if apply_precision(plan.role, path, precision):
                 smoke_test(plan.role, path, ckpt.model, wrapper)
+                external = external_data_files(path)
             t2 = time.perf_counter()
             logger.info(
                 "%-15s %-22s %10s  export %5.1f s  validate %5.1f s",

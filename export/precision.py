@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .onnx_io import load_onnx, save_onnx
+
 logger = logging.getLogger("musicgen_onnx")
 
 #: precision -> the graphs it changes (others stay fp32: the T5 encoder overflows in fp16, and the
@@ -28,29 +30,33 @@ def check_precision(precision: str) -> None:
 
 def quantize_int8(path: Path) -> None:
     """Dynamic int8 quantization of every MatMul weight (signed int8: the VNNI u8 x s8 kernels)."""
+    import shutil
+    import tempfile
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = path.with_name(path.stem + ".int8.onnx")
-    quantize_dynamic(
-        str(path),
-        str(tmp),
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    tmp.replace(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        out = Path(work) / path.name
+        quantize_dynamic(
+            load_onnx(path),
+            str(out),
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        save_onnx(load_onnx(out), path)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def quantize_int4(path: Path, block_size: int = 128) -> None:
     """4-bit block-wise weights (MatMulNBits, accuracy level 4 = int8 activations on CPU)."""
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = onnx.load(str(path))
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(load_onnx(path), block_size=block_size, is_symmetric=True, accuracy_level=4)
     quantizer.process()
-    onnx.save_model(quantizer.model.model, str(path))
+    save_onnx(quantizer.model.model, path)
 
 
 def convert_fp16(path: Path, keep_inputs: tuple[str, ...] = ()) -> None:
@@ -60,20 +66,16 @@ def convert_fp16(path: Path, keep_inputs: tuple[str, ...] = ()) -> None:
     in-place cache buffers); ``keep_inputs`` stay fp32 (the T5 output feeding the cross K/V graph).
     Large negative mask constants are clamped to the fp16 range by the converter.
     """
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(path))
-    model = convert_float_to_float16(model, keep_io_types=list(keep_inputs) if keep_inputs else False)
-    onnx.save_model(model, str(path))
+    model = convert_float_to_float16(load_onnx(path), keep_io_types=list(keep_inputs) if keep_inputs else False)
+    save_onnx(model, path)
 
 
 def apply_precision(role: str, path: Path, precision: str) -> bool:
     """Convert one exported fp32 graph in place; returns whether it changed."""
     if role not in PRECISIONS[precision]:
         return False
-    if path.with_name(path.name + ".data").exists():
-        raise NotImplementedError(f"{precision} for graphs with external data ({path.name}) is not supported yet")
     if precision == "fp16":
         convert_fp16(path, ("encoder_hidden_states",) if role == "cross_kv" else ())
     else:

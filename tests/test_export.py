@@ -195,3 +195,25 @@ def test_cli_export(tiny_mono_checkpoint, tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_external_data_storage(tiny_mono_checkpoint, tmp_path, monkeypatch, precision):
+    """Big graphs keep weights in NAME.onnx.data (mapped by onnxruntime); the manifest checksums them."""
+    from musicgen_onnx.export import onnx_io
+    from musicgen_onnx.runtime import ManifestError, MusicGen
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_MIN_BYTES", 0)
+    out = tmp_path / "ext"
+    export_model(str(tiny_mono_checkpoint), out, include_audio_encoder=False, precision=precision)
+    manifest = Manifest.load(out)
+    spec = manifest.graphs["decoder"]
+    assert spec.external_data == ["decoder.onnx.data"]
+    assert manifest.files["decoder.onnx.data"] == sha256_file(out / "decoder.onnx.data")
+    audio = MusicGen.load(out).generate("a", max_new_tokens=8, do_sample=False)
+    assert audio.shape == (1, 1, 5 * 640)
+    with open(out / "decoder.onnx.data", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xff\xff\xff")
+    with pytest.raises(ManifestError, match=r"decoder\.onnx\.data does not match"):
+        MusicGen.load(out)
