@@ -36,23 +36,25 @@ def present_names(num_layers: int) -> list[str]:
     return [name for i in range(num_layers) for name in (f"present_key.{i}", f"present_value.{i}")]
 
 
-def input_names(num_layers: int) -> list[str]:
-    return FIXED_INPUT_NAMES + cross_names(num_layers) + past_names(num_layers)
+def input_names(num_layers: int, fixed: list[str] = FIXED_INPUT_NAMES) -> list[str]:
+    return fixed + cross_names(num_layers) + past_names(num_layers)
 
 
 def output_names(num_layers: int) -> list[str]:
     return ["logits", *present_names(num_layers)]
 
 
-def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
+def dynamic_axes(
+    num_layers: int, past_axis: str = "past_len", present_axis: str = "total_len"
+) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 2: "seq_len"},
         "encoder_attention_mask": {0: "batch", 1: "text_len"},
         "logits": {0: "batch"},
     }
     axes.update({name: {0: "batch", 2: "text_len"} for name in cross_names(num_layers)})
-    axes.update({name: {0: "batch", 2: "past_len"} for name in past_names(num_layers)})
-    axes.update({name: {0: "batch", 2: "total_len"} for name in present_names(num_layers)})
+    axes.update({name: {0: "batch", 2: past_axis} for name in past_names(num_layers)})
+    axes.update({name: {0: "batch", 2: present_axis} for name in present_names(num_layers)})
     return axes
 
 

@@ -23,29 +23,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .decoder import DecoderStep, cross_names, past_names, present_names
+from . import decoder
+from .decoder import DecoderStep
 
 FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask", "past_length"]
 
 
 def input_names(num_layers: int) -> list[str]:
-    return FIXED_INPUT_NAMES + cross_names(num_layers) + past_names(num_layers)
-
-
-def output_names(num_layers: int) -> list[str]:
-    return ["logits", *present_names(num_layers)]
+    return decoder.input_names(num_layers, FIXED_INPUT_NAMES)
 
 
 def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
-    axes: dict[str, dict[int, str]] = {
-        "input_ids": {0: "batch", 2: "seq_len"},
-        "encoder_attention_mask": {0: "batch", 1: "text_len"},
-        "logits": {0: "batch"},
-    }
-    axes.update({name: {0: "batch", 2: "text_len"} for name in cross_names(num_layers)})
-    axes.update({name: {0: "batch", 2: "max_len"} for name in past_names(num_layers)})
-    axes.update({name: {0: "batch", 2: "max_len"} for name in present_names(num_layers)})
-    return axes
+    """Past and present are the same preallocated buffers: one ``max_len`` axis for both."""
+    return decoder.dynamic_axes(num_layers, past_axis="max_len", present_axis="max_len")
+
+
+output_names = decoder.output_names
 
 
 class StaticCacheAttention(torch.autograd.Function):

@@ -5,8 +5,8 @@ appends zeros; that Python branch is frozen when tracing, so a graph traced at a
 ("Pad reflect ... exceeds") below ~4 frames. ``reflect_pad`` computes the same result with a gather
 whose indices depend only on tensor arithmetic, which the exporter keeps dynamic:
 
-    x [.., L] ─> index j in [-left, L + right) ─> reflect about 0 and about n2 - 1 ─> gather ─> x zeroed
-                                                  (n2 = max(L, max_pad + 1): the zero-extended length)
+    edges j in [-left, 0) and [L, L + right) ─> reflect about 0 and about n2 - 1 ─> gather (0 past L)
+    result = concat(left edge, x, right edge)     (n2 = max(L, max_pad + 1): the zero-extended length)
 """
 
 from __future__ import annotations
@@ -17,17 +17,25 @@ from transformers.models.encodec.modeling_encodec import EncodecConv1d, EncodecR
 
 
 def reflect_pad(x: torch.Tensor, left: torch.Tensor | int, right: torch.Tensor | int) -> torch.Tensor:
-    """transformers' ``_pad1d(x, (left, right), mode="reflect")`` for any length, trace-friendly."""
+    """transformers' ``_pad1d(x, (left, right), mode="reflect")`` for any length, trace-friendly.
+
+    The middle of the result is always ``x`` itself; only the ``left`` and ``right`` edge samples are
+    gathered, so the big tensor is copied once (by the Concat), as a Pad op would.
+    """
     length = x.shape[-1]
-    j = torch.arange(length + left + right, device=x.device) - left
-    length_t = j[-1:] + 1 - right  # the input length as a tensor, so it stays dynamic in the graph
+    length_t = torch.arange(length, device=x.device)[-1:] + 1  # the length as a tensor: stays dynamic
     max_pad = torch.maximum(torch.as_tensor(left), torch.as_tensor(right))
-    n2 = torch.maximum(length_t, max_pad + 1)
-    i = torch.where(j < 0, -j, j)
-    i = torch.where(i >= n2, 2 * (n2 - 1) - i, i)
-    valid = (i < length_t).to(x.dtype)
-    i = torch.minimum(i, length_t - 1)
-    return x.index_select(-1, i) * valid
+    n2 = torch.maximum(length_t, max_pad + 1)  # length after transformers' zero extension
+
+    def edge(positions: torch.Tensor) -> torch.Tensor:
+        i = torch.where(positions < 0, -positions, positions)
+        i = torch.where(i >= n2, 2 * (n2 - 1) - i, i)
+        valid = (i < length_t).to(x.dtype)
+        return x.index_select(-1, torch.minimum(i, length_t - 1)) * valid
+
+    left_part = edge(torch.arange(left, device=x.device) - left)
+    right_part = edge(torch.arange(right, device=x.device) + length_t)
+    return torch.cat([left_part, x, right_part], dim=-1)
 
 
 class TraceableConv1d(nn.Module):
