@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,10 @@ def save_onnx(model, path: Path) -> list[str]:
         location=data.name,
         size_threshold=1024,
     )
+    # onnx creates the data file owner-only (0600); an export is shipped to other machines and users
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(data, 0o666 & ~umask)
     return [data.name]
 
 

@@ -217,3 +217,19 @@ def test_external_data_storage(tiny_mono_checkpoint, tmp_path, monkeypatch, prec
         handle.write(b"\xff\xff\xff\xff")
     with pytest.raises(ManifestError, match=r"decoder\.onnx\.data does not match"):
         MusicGen.load(out)
+
+
+def test_external_data_is_readable_by_others(tiny_mono_checkpoint, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from musicgen_onnx.export import onnx_io
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_MIN_BYTES", 0)
+    old = os.umask(0o022)
+    try:
+        export_model(str(tiny_mono_checkpoint), tmp_path / "ext", include_audio_encoder=False)
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "ext" / "decoder.onnx.data").stat().st_mode)
+    assert mode == 0o644
