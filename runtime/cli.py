@@ -62,7 +62,7 @@ class ProgressBar:
             width = 30
             filled = int(width * done / max(total, 1))
             bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{total} frames  {rate:6.1f} frames/s")
+            sys.stderr.write(f"\r[{bar}] {done}/{total} frames  {rate:6.1f} steps/s")
             if done >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()

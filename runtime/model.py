@@ -372,34 +372,6 @@ class MusicGen:
                 return
             feed = np.array(state.step_ids(cfg))
 
-    def _decode_tokens(
-        self,
-        cross_kv: list[np.ndarray],
-        text_mask: np.ndarray,
-        prompt_codes: np.ndarray | None,
-        batch: int,
-        steps: int,
-        options: SamplingOptions,
-        cfg: bool,
-        rng: np.random.Generator,
-        progress: ProgressCallback | None,
-    ) -> tuple[np.ndarray, list[float], bool]:
-        """One generate call run to its end (or until ``progress`` returns False): (codes, step_times, stopped)."""
-        prompt_len = 0 if prompt_codes is None else prompt_codes.shape[-1]
-        total_frames = prompt_len + steps + 1 - self.manifest.codebooks_per_channel
-        step_times: list[float] = []
-        stopped = False
-        for state in self._window_steps(cross_kv, text_mask, prompt_codes, batch, steps, options, cfg, rng, step_times):
-            if state.done:
-                break
-            if progress is not None and progress(state.frames_ready, total_frames) is False:
-                stopped = True
-                break
-        if progress is not None and not stopped:
-            progress(total_frames, total_frames)
-        codes = state.codes() if not stopped else state.frames(0, state.frames_ready)
-        return codes, step_times, stopped
-
 
 def _is_real(x: object) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)

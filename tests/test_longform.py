@@ -2,7 +2,7 @@
 
 The reference below is audiocraft's ``generate_tokens`` loop (audiocraft/models/genmodel.py) rewritten in
 numpy, in seconds as audiocraft writes it; each of its ``lm.generate`` calls is one call of the runtime's
-single-window loop (``_decode_tokens``, held to transformers by tests/test_runtime_parity.py), and one of them
+single-window loop (``_window_steps``, held to transformers by tests/test_runtime_parity.py), and one of them
 is also checked against transformers' own generate with the prompt codes as ``decoder_input_ids``.
 """
 
@@ -42,7 +42,8 @@ def audiocraft_reference(model, texts, duration, *, max_duration, extend_stride,
     def lm_generate(prompt_tokens, max_gen_len):  # audiocraft: returns max_gen_len frames, prompt included
         p = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
         steps = max_gen_len - p + C - 1
-        codes, _, _ = model._decode_tokens(cross_kv, mask, prompt_tokens, batch, steps, options, cfg, rng, None)
+        *_, state = model._window_steps(cross_kv, mask, prompt_tokens, batch, steps, options, cfg, rng, [])
+        codes = state.codes()
         assert codes.shape[-1] == max_gen_len
         return codes
 
