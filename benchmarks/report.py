@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from measure import percentile
+from measure_common import percentile
 
 GB = 1e9
 

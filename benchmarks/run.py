@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import report
-from measure import RESULT_MARKER
+from measure_common import RESULT_MARKER
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
