@@ -1,7 +1,8 @@
 """Runs the KV-cached decoder graph step by step, keeping the cache between calls.
 
-The generation loop only sees ``start(...)`` and ``step(ids) -> logits``; how the cache is held (numpy
-arrays here, device-resident buffers in faster variants) is this module's business.
+The generation loop only sees ``start(...)`` and ``step(ids) -> logits``; how the cache is held is this
+module's business. Both runners keep every tensor as an OrtValue on the session's device ("cpu" or
+"cuda") between steps: per step only the token ids go in and the logits come out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import onnxruntime as ort
 from .manifest import Manifest
 
 
+def _device_value(array: np.ndarray, dtype, device: str) -> ort.OrtValue:
+    """A private copy of ``array`` on ``device``: on CPU an OrtValue aliases its numpy buffer, and
+    ``update_inplace`` would otherwise write into the caller's array (e.g. the delay-pattern state)."""
+    return ort.OrtValue.ortvalue_from_numpy(np.array(array, dtype=dtype, order="C", copy=True), device, 0)
+
+
 class ConcatDecoderRunner:
     """Concat-style cache: each step's ``present`` outputs become the next step's ``past`` inputs.
 
@@ -19,8 +26,9 @@ class ConcatDecoderRunner:
     never converted to numpy between steps; only token ids go in and logits come out.
     """
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest) -> None:
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu") -> None:
         self.session = session
+        self.device = device
         spec = manifest.graphs["decoder"]
         self.num_layers = manifest.decoder.num_layers
         self.num_heads = manifest.decoder.num_heads
@@ -42,12 +50,14 @@ class ConcatDecoderRunner:
         """Bind the per-prompt inputs (cross K/V, text mask) once and reset the cache to empty."""
         rows = encoder_attention_mask.shape[0]
         binding = self.session.io_binding()
-        binding.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(encoder_attention_mask, np.int64))
+        binding.bind_ortvalue_input(
+            "encoder_attention_mask", _device_value(encoder_attention_mask, np.int64, self.device)
+        )
         for name, value in zip(self.cross_names, cross_kv, strict=True):
-            binding.bind_cpu_input(name, np.ascontiguousarray(value, np.float32))
-        empty = np.zeros((rows, self.num_heads, 0, self.head_dim), np.float32)
+            binding.bind_ortvalue_input(name, _device_value(value, np.float32, self.device))
+        empty = _device_value(np.zeros((rows, self.num_heads, 0, self.head_dim)), np.float32, self.device)
         for name in self.past_names:
-            binding.bind_cpu_input(name, empty)
+            binding.bind_ortvalue_input(name, empty)
         self._binding = binding
         self._past_len = 0
 
@@ -60,7 +70,7 @@ class ConcatDecoderRunner:
         # Output shapes change every step, so outputs are re-declared each time (DESIGN.md §5).
         binding.clear_binding_outputs()
         for name in self.output_names:
-            binding.bind_output(name, "cpu")
+            binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         for name, value in zip(self.past_names, outputs[1:], strict=True):
@@ -107,17 +117,14 @@ class StaticDecoderRunner:
     def past_length(self) -> int:
         return int(self._past_length)
 
-    def _value(self, array: np.ndarray) -> ort.OrtValue:
-        # Always a private copy: on CPU an OrtValue aliases its numpy buffer, and update_inplace
-        # would otherwise write into the caller's array (e.g. the delay-pattern state).
-        return ort.OrtValue.ortvalue_from_numpy(np.array(array, order="C", copy=True), self.device, 0)
-
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         rows = encoder_attention_mask.shape[0]
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input("encoder_attention_mask", self._value(encoder_attention_mask.astype(np.int64)))
+        binding.bind_ortvalue_input(
+            "encoder_attention_mask", _device_value(encoder_attention_mask, np.int64, self.device)
+        )
         for name, value in zip(self.cross_names, cross_kv, strict=True):
-            binding.bind_ortvalue_input(name, self._value(value.astype(self.dtype, copy=False)))
+            binding.bind_ortvalue_input(name, _device_value(value, self.dtype, self.device))
         shape = [rows, self.num_heads, max_length, self.head_dim]
         for past, present in zip(self.past_names, self.present_names, strict=True):
             buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, self.device, 0)
@@ -128,7 +135,7 @@ class StaticDecoderRunner:
         )
         binding.bind_ortvalue_output("logits", self._logits)
         self._past_length[...] = 0
-        self._past_value = self._value(self._past_length)
+        self._past_value = _device_value(self._past_length, np.int64, self.device)
         binding.bind_ortvalue_input("past_length", self._past_value)
         self._binding, self._rows, self._ids = binding, rows, None
 
@@ -138,7 +145,9 @@ class StaticDecoderRunner:
             raise RuntimeError("StaticDecoderRunner.step called before start()")
         ids = np.ascontiguousarray(input_ids, np.int64)
         if self._ids is None or tuple(self._ids.shape()) != ids.shape:
-            self._ids = self._value(ids)  # prefill, then the first single step: rebind once each
+            self._ids = _device_value(
+                ids, np.int64, self.device
+            )  # prefill, then the first single step: rebind once each
             binding.bind_ortvalue_input("input_ids", self._ids)
         else:
             self._ids.update_inplace(ids)
@@ -152,4 +161,4 @@ def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str =
     """The runner matching the exported decoder graph (manifest.decoder.kv_cache)."""
     if manifest.decoder.kv_cache == "static":
         return StaticDecoderRunner(session, manifest, device)
-    return ConcatDecoderRunner(session, manifest)
+    return ConcatDecoderRunner(session, manifest, device)
