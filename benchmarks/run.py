@@ -95,8 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after the timed run, cProfile an N-step generation of ours and store the top functions",
     )
     args = p.parse_args(argv)
-    if args.steps_only is not None and args.steps_only < 4:
-        p.error("--steps-only must be at least 4 (one frame needs C = 4 steps)")
+    if args.steps_only is not None and args.steps_only < 6:
+        # the runtime needs max_length >= 2C - 1 (C = 4): below it transformers applies no delay pattern
+        p.error("--steps-only must be at least 6 (2C - 2 steps with C = 4 codebooks per channel)")
     if args.duration <= 0:
         p.error("--duration must be positive")
     if any(b < 1 for b in args.batch) or args.threads < 1:
