@@ -40,6 +40,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto", help="execution provider")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--stream", action="store_true", help="write the WAV progressively while generating")
+    p.add_argument("--chunk-seconds", type=float, default=1.0, help="with --stream: seconds per chunk (default 1)")
+    p.add_argument("--window", type=float, help="long-form: window length in seconds (default 30)")
     p.add_argument("--extend-stride", type=float, help="long-form: seconds each window advances (default 18)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -108,6 +110,8 @@ def run_generate(argv: list[str]) -> int:
         )
         if args.extend_stride is not None:
             kwargs["extend_stride"] = args.extend_stride
+        if args.window is not None:
+            kwargs["window"] = args.window
         texts = args.texts or None
         count = len(args.texts) if args.texts else 1
         paths = _output_paths(args.output, count)
@@ -118,6 +122,7 @@ def run_generate(argv: list[str]) -> int:
         started = time.perf_counter()
         try:
             if args.stream:
+                kwargs["chunk_seconds"] = args.chunk_seconds
                 audio_seconds, timings = _stream_to_files(model, texts, kwargs, paths, bar, WavStreamWriter)
             else:
                 result = model.generate_detailed(texts, progress=bar, **kwargs)

@@ -71,3 +71,16 @@ def test_usage(capsys):
     assert main(["--help"]) == 0
     assert main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def test_generate_stream_with_window_and_chunk_flags(exported_mono, tmp_path, capsys):
+    out = tmp_path / "s.wav"
+    args = ["generate", str(exported_mono), "ambient", "-o", str(out), "--duration", "6", "--stream"]
+    args += ["--chunk-seconds", "0.5", "--window", "4", "--extend-stride", "2", "-q"]
+    assert main(args) == 0
+    audio, _ = sf.read(out, always_2d=True)
+    assert audio.shape == (6 * 32000, 1)
+    assert "time_to_first_audio" in capsys.readouterr().out
+    bad = ["generate", str(exported_mono), "x", "-o", str(out), "--stream", "--chunk-seconds", "0.001"]
+    assert main(bad) == 2
+    assert "chunk_seconds must be at least one frame" in capsys.readouterr().err
