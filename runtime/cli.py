@@ -148,12 +148,13 @@ def run_generate(argv: list[str]) -> int:
 
 def _stream_to_files(model, texts, kwargs, paths, bar, writer_cls):
     """Write each chunk as it arrives, so a reader sees the WAV grow."""
+    chunks = model.stream(texts, progress=bar, **kwargs)  # validates the arguments before any file is opened
     writers = [writer_cls(path, model.sampling_rate, model.channels) for path in paths]
     samples = 0
     first_audio = None
     started = time.perf_counter()
     try:
-        for chunk in model.stream(texts, progress=bar, **kwargs):
+        for chunk in chunks:
             if first_audio is None:
                 first_audio = time.perf_counter() - started
             for i, writer in enumerate(writers):

@@ -81,6 +81,7 @@ def test_generate_stream_with_window_and_chunk_flags(exported_mono, tmp_path, ca
     audio, _ = sf.read(out, always_2d=True)
     assert audio.shape == (6 * 32000, 1)
     assert "time_to_first_audio" in capsys.readouterr().out
-    bad = ["generate", str(exported_mono), "x", "-o", str(out), "--stream", "--chunk-seconds", "0.001"]
+    bad = ["generate", str(exported_mono), "x", "-o", str(tmp_path / "bad.wav"), "--stream", "--chunk-seconds", "0.001"]
     assert main(bad) == 2
     assert "chunk_seconds must be at least one frame" in capsys.readouterr().err
+    assert not (tmp_path / "bad.wav").exists()
