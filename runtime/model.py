@@ -94,6 +94,13 @@ class MusicGen:
             verify_files(model_dir, manifest, roles)
         model = cls(model_dir, manifest, providers, threads)
         logger.info("loaded %s (%s) with %s", model_dir, manifest.source, providers[0])
+        if model.device == "cuda" and manifest.decoder.kv_cache == "static" and manifest.precision != "fp16":
+            logger.warning(
+                "%s has a %s static-cache decoder: onnxruntime's CUDA GroupQueryAttention runs fp16 only, so "
+                "attention falls back to the CPU each step; export with --precision fp16 for GPUs",
+                model_dir,
+                manifest.precision,
+            )
         return model
 
     @property
