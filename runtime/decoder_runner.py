@@ -19,6 +19,15 @@ def _device_value(array: np.ndarray, dtype, device: str) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(np.array(array, dtype=dtype, order="C", copy=True), device, 0)
 
 
+def _bind_prompt(session, cross_names, cross_kv, encoder_attention_mask, dtype, device: str) -> ort.IOBinding:
+    """A new binding holding the per-prompt inputs (text mask, every layer's cross K/V) on ``device``."""
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("encoder_attention_mask", _device_value(encoder_attention_mask, np.int64, device))
+    for name, value in zip(cross_names, cross_kv, strict=True):
+        binding.bind_ortvalue_input(name, _device_value(value, dtype, device))
+    return binding
+
+
 class ConcatDecoderRunner:
     """Concat-style cache: each step's ``present`` outputs become the next step's ``past`` inputs.
 
@@ -49,12 +58,9 @@ class ConcatDecoderRunner:
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         """Bind the per-prompt inputs (cross K/V, text mask) once and reset the cache to empty."""
         rows = encoder_attention_mask.shape[0]
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(
-            "encoder_attention_mask", _device_value(encoder_attention_mask, np.int64, self.device)
+        binding = _bind_prompt(
+            self.session, self.cross_names, cross_kv, encoder_attention_mask, np.float32, self.device
         )
-        for name, value in zip(self.cross_names, cross_kv, strict=True):
-            binding.bind_ortvalue_input(name, _device_value(value, np.float32, self.device))
         empty = _device_value(np.zeros((rows, self.num_heads, 0, self.head_dim)), np.float32, self.device)
         for name in self.past_names:
             binding.bind_ortvalue_input(name, empty)
@@ -119,12 +125,9 @@ class StaticDecoderRunner:
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         rows = encoder_attention_mask.shape[0]
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(
-            "encoder_attention_mask", _device_value(encoder_attention_mask, np.int64, self.device)
+        binding = _bind_prompt(
+            self.session, self.cross_names, cross_kv, encoder_attention_mask, self.dtype, self.device
         )
-        for name, value in zip(self.cross_names, cross_kv, strict=True):
-            binding.bind_ortvalue_input(name, _device_value(value, self.dtype, self.device))
         shape = [rows, self.num_heads, max_length, self.head_dim]
         for past, present in zip(self.past_names, self.present_names, strict=True):
             buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, self.device, 0)

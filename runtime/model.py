@@ -14,7 +14,7 @@ import numpy as np
 from .audio import prepare_prompt_audio
 from .decoder_runner import make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
-from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, plan_generation
+from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, _is_real, plan_generation
 from .manifest import Manifest, verify_files
 from .sessions import make_session_options, open_session, resolve_providers
 from .streaming import AudioChunk, decode_long, stream_chunks
@@ -378,10 +378,6 @@ class MusicGen:
             if state.done:
                 return
             feed = np.array(state.step_ids(cfg))
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_texts(texts: str | Sequence[str] | None) -> list[str] | None:
