@@ -3,6 +3,6 @@
 Needs the ``export`` extra (torch, transformers, onnx): ``pip install "musicgen-onnx[export]"``.
 """
 
-from .exporter import ExportError, export_model
+from .exporter import export_model
 
-__all__ = ["ExportError", "export_model"]
+__all__ = ["export_model"]

@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
     from . import export_model
-    from .exporter import ExportError
-    from .loading import CheckpointError
     from .validate import ValidationError
 
     started = time.perf_counter()
@@ -103,14 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             kv_cache=args.kv_cache,
         )
-    except (
-        FileNotFoundError,
-        FileExistsError,
-        CheckpointError,
-        ValidationError,
-        ExportError,
-        ValueError,
-    ) as exc:
+    except (FileNotFoundError, FileExistsError, ValidationError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"musicgen-onnx export: error: {exc}", file=sys.stderr)
         return 2
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

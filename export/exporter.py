@@ -34,10 +34,6 @@ TOKENIZER_FILE = "tokenizer.json"
 MAX_TEXT_TOKENS = 512
 
 
-class ExportError(RuntimeError):
-    """The export could not be completed; the target directory was left untouched."""
-
-
 @dataclass
 class GraphPlan:
     role: str

@@ -106,12 +106,6 @@ class Manifest:
         """C in the delay pattern: K codebooks interleaved over the audio channels."""
         return self.decoder.num_codebooks // self.audio.channels
 
-    @property
-    def max_window_seconds(self) -> float:
-        """Longest clip one pass can produce: the decoder's position table bounds it."""
-        frames = self.decoder.max_positions - self.codebooks_per_channel
-        return frames / self.audio.frame_rate
-
     # ---- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

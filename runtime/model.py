@@ -230,11 +230,6 @@ class MusicGen:
             raise ValueError(f"temperature must be > 0, got {opts.temperature!r}")
         return opts
 
-    def max_duration(self) -> float:
-        """Longest clip (seconds, prompt included) one pass can make: the position table bounds it."""
-        frames = self.manifest.decoder.max_positions - self.manifest.codebooks_per_channel
-        return frames / self.frame_rate
-
     # ---- stages ------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Text -> (encoder_hidden_states [B, T, H_dec], attention_mask [B, T])."""
@@ -358,9 +353,7 @@ class MusicGen:
             text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
         runner = make_runner(self._decoder, self.manifest, self.device)
         runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
-        # copies: without CFG the ids are views of the state's buffer, and a runner may keep (and later
-        # overwrite in place) the memory it is given
-        feed = np.array(state.prefill_ids(cfg))
+        feed = state.prefill_ids(cfg)  # a view of the state without CFG: runners never keep what they are fed
         while True:
             t0 = time.perf_counter()
             logits = runner.step(feed)
@@ -377,7 +370,7 @@ class MusicGen:
             yield state
             if state.done:
                 return
-            feed = np.array(state.step_ids(cfg))
+            feed = state.step_ids(cfg)
 
 
 def _check_texts(texts: str | Sequence[str] | None) -> list[str] | None:
