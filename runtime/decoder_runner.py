@@ -2,8 +2,8 @@
 
 The generation loop only sees ``start(...)`` and ``step(ids) -> logits``; how the cache is held is this
 module's business. Both runners keep every tensor as an OrtValue on the session's device ("cpu" or
-"cuda") between steps: per step only the token ids go in and the logits come out. ``step`` copies the
-ids it is given (the caller may pass a view of its own buffer and overwrite it later).
+"cuda") between steps: per step only the token ids go in and the logits come out. ``step`` keeps no
+use of the ids it is given once it returns (the caller may pass a view of its own buffer and overwrite it).
 """
 
 from __future__ import annotations
