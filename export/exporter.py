@@ -22,6 +22,7 @@ from musicgen_onnx.runtime.manifest import (
     sha256_file,
 )
 
+from .cuda_graph_check import check_cuda_graph
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
 from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
 from .precision import apply_precision, check_precision
@@ -137,8 +138,27 @@ def _describe_size(path: Path, external: list[str]) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
+def _cuda_graph_ready(path: Path, precision: str, kv_cache: str) -> bool:
+    """Whether the runtime may capture this decoder as a CUDA graph (recorded in the manifest)."""
+    import onnx
+
+    if kv_cache != "static":
+        return False
+    report = check_cuda_graph(onnx.load(str(path), load_external_data=False))
+    if not report.ok:
+        logger.warning("decoder cannot be captured as a CUDA graph: %s", "; ".join(report.problems[:5]))
+        return False
+    # onnxruntime's CUDA GroupQueryAttention is fp16/bf16 only: other precisions fall back to the CPU EP
+    return precision == "fp16"
+
+
 def _build_manifest(
-    ckpt: LoadedCheckpoint, graphs: dict[str, GraphSpec], files: dict[str, str], precision: str, kv_cache: str
+    ckpt: LoadedCheckpoint,
+    graphs: dict[str, GraphSpec],
+    files: dict[str, str],
+    precision: str,
+    kv_cache: str,
+    cuda_graph: bool,
 ) -> Manifest:
     model = ckpt.model
     dec = model.decoder.config
@@ -170,6 +190,7 @@ def _build_manifest(
             pad_token_id=int(dec.pad_token_id),
             decoder_start_token_id=int(model.generation_config.decoder_start_token_id or dec.pad_token_id),
             kv_cache=kv_cache,
+            cuda_graph=cuda_graph,
         ),
         text=TextSpec(
             tokenizer_file=TOKENIZER_FILE,
@@ -252,6 +273,7 @@ def export_model(
     try:
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
+        cuda_graph = False
         for plan in _plans(include_audio_encoder, kv_cache):
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
@@ -289,9 +311,11 @@ def export_model(
                 external_data=external,
             )
             files.update({name: sha256_file(tmp / name) for name in external})
+            if plan.role == "decoder":
+                cuda_graph = _cuda_graph_ready(path, precision, kv_cache)
         ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
-        manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache)
+        manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache, cuda_graph)
         manifest.save(tmp)
         _commit(tmp, output_dir)
     except BaseException:

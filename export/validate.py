@@ -94,8 +94,13 @@ def hf_decoder_reference(model, input_ids, encoder_attention_mask, cross: list, 
     return [logits, *presents]
 
 
-def static_cache_feeds(names: list[str], inputs: list, num_layers: int, max_len: int) -> dict[str, np.ndarray]:
-    """Plain-decoder inputs (ids, mask, cross..., past...) as the static-cache graph's feeds."""
+def static_cache_feeds(
+    names: list[str], inputs: list, num_layers: int, max_len: int, full_total: bool = False
+) -> dict[str, np.ndarray]:
+    """Plain-decoder inputs (ids, mask, cross..., past...) as the static-cache graph's feeds.
+
+    ``full_total`` passes the buffer length as total_sequence_length, as CUDA-graph replays of
+    single-token steps do; otherwise the true length (past + S)."""
     ids, mask = inputs[0], inputs[1]
     cross, past = inputs[2 : 2 + 2 * num_layers], inputs[2 + 2 * num_layers :]
     past_len = past[0].shape[2]
@@ -104,7 +109,10 @@ def static_cache_feeds(names: list[str], inputs: list, num_layers: int, max_len:
         buf = np.zeros((p.shape[0], p.shape[1], max_len, p.shape[3]), np.float32)
         buf[:, :, :past_len] = p.numpy()
         buffers.append(buf)
-    values = [ids.numpy(), mask.numpy(), np.array(past_len, np.int64)]
+    seq_len = ids.shape[2]
+    total = max_len if full_total else past_len + seq_len
+    positions = np.arange(past_len, past_len + seq_len, dtype=np.int64)
+    values = [ids.numpy(), mask.numpy(), positions, np.array(total, np.int32)]
     values += [c.numpy() for c in cross] + buffers
     return dict(zip(names, values, strict=True))
 
@@ -114,11 +122,14 @@ def validate_decoder(path: Path, model, wrapper, tol: float) -> list[Check]:
 
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
-    static = "past_length" in names
+    static = "total_sequence_length" in names
     checks = []
     generator = torch.Generator().manual_seed(1234)
     n = wrapper.num_layers
-    for batch, seq_len, past_len, text_len in [(1, 4, 0, 3), (3, 1, 5, 6), (2, 3, 7, 1)]:
+    cases = [(1, 4, 0, 3, False), (3, 1, 5, 6, False), (2, 3, 7, 1, False)]
+    if static:
+        cases.append((2, 1, 6, 4, True))  # a CUDA-graph replay's single step: total = buffer length
+    for batch, seq_len, past_len, text_len, full_total in cases:
         if static and batch > 1 and seq_len > 1 and past_len > 0:
             continue  # never fed by the runtime (prefill has no past); GQA would need query_seqlens
         inputs = DecoderStep.example_inputs(wrapper, batch, seq_len, past_len, text_len)
@@ -126,12 +137,12 @@ def validate_decoder(path: Path, model, wrapper, tol: float) -> list[Check]:
         ids, mask, cross, past = inputs[0], inputs[1], list(inputs[2 : 2 + 2 * n]), list(inputs[2 + 2 * n :])
         if static:
             total = past_len + seq_len
-            ours = session.run(None, static_cache_feeds(names, inputs, n, total + 3))
+            ours = session.run(None, static_cache_feeds(names, inputs, n, total + 3, full_total))
             ours = [ours[0]] + [p[:, :, :total] for p in ours[1:]]
         else:
             ours = session.run(None, {name: t.numpy() for name, t in zip(names, inputs, strict=True)})
         ref = hf_decoder_reference(model, ids, mask, cross, past)
-        case = f"batch={batch} seq={seq_len} past={past_len} text={text_len}"
+        case = f"batch={batch} seq={seq_len} past={past_len} text={text_len}" + (" total=buffer" if full_total else "")
         checks.append(_compare("decoder", case, ours, ref, tol))
     return checks
 
@@ -145,7 +156,7 @@ def smoke_test(role: str, path: Path, model, wrapper) -> None:
     names = [i.name for i in session.get_inputs()]
     if role == "decoder":
         inputs = DecoderStep.example_inputs(wrapper, 2, 1, 3, 4)
-        if "past_length" in names:
+        if "total_sequence_length" in names:
             feeds = static_cache_feeds(names, list(inputs), wrapper.num_layers, 8)
         else:
             feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}

@@ -3,12 +3,12 @@
 Same computation as ``decoder.py``, but the self-attention cache is a preallocated buffer of the
 generation's full length, and the attention length is an input:
 
-    input_ids [B, K, S], past_length (int64 scalar)
-        │  embed + sinusoid[past_length : past_length + S]
+    input_ids [B, K, S], position_ids [S] int64, total_sequence_length int32 (host)
+        │  embed + sinusoid[position_ids]          seqlens_k [B] = position_ids[-1] (all rows alike)
         ├── x num_layers ─────────────────────────────────────────────────────────────────────────┐
         │ LN ─> qkv = x @ [Wq|Wk|Wv] ─> GroupQueryAttention(qkv, past_key.i, past_value.i,         │
-        │                                seqlens_k = past_length + S - 1, total = past_length + S)  │
-        │        writes K/V rows [past_length, past_length + S) of the buffers, attends causally     │
+        │                                seqlens_k, total_sequence_length)                        │
+        │        writes K/V rows position_ids of the buffers, attends causally up to seqlens_k       │
         │ LN ─> cross-attn ─> LN ─> FFN   (as decoder.py)                                           │
         └────────────────────────────────────────────────────────────────────────────────────────────┘
         LN ─> last position ─> [lm_head_0 | ... | lm_head_K-1] ─> logits [B, K, vocab]
@@ -16,6 +16,13 @@ generation's full length, and the attention length is an input:
 Bind the same OrtValue as ``past_key.i`` input and ``present_key.i`` output (IOBinding) and the
 cache is updated in place: a step's cost no longer includes copying the whole cache (DESIGN.md §5).
 Q/K/V projections and the K lm_heads are each fused into one matrix multiply.
+
+Why these inputs: the graph must be capturable as a CUDA graph (static shapes, every compute node on
+the CUDA EP, no host<->device copies inside). Positions therefore arrive as a device tensor rather than
+being computed from shapes on the host, and ``total_sequence_length`` (a host-memory input of
+GroupQueryAttention) is fed directly: ``position_ids[-1] + 1`` for a prefill, and for a single-token step
+any value up to the buffer length (CUDA-graph replays pass the buffer length, so it never changes).
+``export.cuda_graph_check`` verifies the placement rules on the exported graph.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from torch import nn
 from . import decoder
 from .decoder import DecoderStep
 
-FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask", "past_length"]
+FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask", "position_ids", "total_sequence_length"]
 
 
 def input_names(num_layers: int) -> list[str]:
@@ -35,7 +42,9 @@ def input_names(num_layers: int) -> list[str]:
 
 def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
     """Past and present are the same preallocated buffers: one ``max_len`` axis for both."""
-    return decoder.dynamic_axes(num_layers, past_axis="max_len", present_axis="max_len")
+    axes = decoder.dynamic_axes(num_layers, past_axis="max_len", present_axis="max_len")
+    axes["position_ids"] = {0: "seq_len"}
+    return axes
 
 
 output_names = decoder.output_names
@@ -48,7 +57,7 @@ class StaticCacheAttention(torch.autograd.Function):
     def forward(ctx, qkv, past_key, past_value, seqlens_k, total_length, num_heads: int, scale: float):
         batch, seq_len, width = qkv.shape
         head_dim = width // (3 * num_heads)
-        total = int(total_length)
+        total = int(seqlens_k[0]) + 1  # the reference reads the length from seqlens_k, as GQA does for steps
         past = total - seq_len
         q, k, v = (
             t.reshape(batch, seq_len, num_heads, head_dim).transpose(1, 2) for t in qkv.split(width // 3, dim=-1)
@@ -103,16 +112,16 @@ class DecoderStaticStep(DecoderStep):
         self,
         input_ids: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
-        past_length: torch.Tensor,
+        position_ids: torch.Tensor,
+        total_sequence_length: torch.Tensor,
         *cache: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         n = self.num_layers
         cross, past = cache[: 2 * n], cache[2 * n :]
-        batch, seq_len = input_ids.shape[0], input_ids.shape[2]
-        positions = torch.arange(seq_len, device=input_ids.device) + past_length
-        hidden = self.embed(input_ids, positions)
-        total = (past_length + seq_len).to(torch.int32)
-        seqlens_k = (total - 1).reshape(1).expand(batch)
+        batch = input_ids.shape[0]
+        hidden = self.embed(input_ids, position_ids)
+        seqlens_k = position_ids[-1:].to(torch.int32).expand(batch)
+        total = total_sequence_length
         cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
 
         presents: list[torch.Tensor] = []
@@ -144,4 +153,6 @@ class DecoderStaticStep(DecoderStep):
         cross = plain[2 : 2 + 2 * self.num_layers]
         shape = (batch, self.num_heads, max_len, self.head_dim)
         past = [torch.randn(shape) for _ in range(2 * self.num_layers)]
-        return (ids, mask, torch.tensor(past_len, dtype=torch.long), *cross, *past)
+        positions = torch.arange(past_len, past_len + seq_len, dtype=torch.long)
+        total = torch.tensor(past_len + seq_len, dtype=torch.int32)
+        return (ids, mask, positions, total, *cross, *past)

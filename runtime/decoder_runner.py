@@ -8,6 +8,8 @@ use of the ids it is given once it returns (the caller may pass a view of its ow
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnxruntime as ort
 
@@ -68,8 +70,16 @@ class ConcatDecoderRunner:
         self._binding = binding
         self._past_len = 0
 
+    def release(self) -> None:
+        """Drop the cache and per-prompt inputs (they are rebuilt by the next ``start``)."""
+        self._binding = None
+
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed ``input_ids`` [rows, K, S] after the cached positions; return logits [rows, K, vocab]."""
+        return self.run(input_ids).numpy()
+
+    def run(self, input_ids: np.ndarray) -> ort.OrtValue:
+        """Like ``step``, but the logits stay an OrtValue on the device."""
         binding = self._binding
         if binding is None:
             raise RuntimeError("DecoderRunner.step called before start()")
@@ -83,21 +93,81 @@ class ConcatDecoderRunner:
         for name, value in zip(self.past_names, outputs[1:], strict=True):
             binding.bind_ortvalue_input(name, value)
         self._past_len += input_ids.shape[2]
-        return outputs[0].numpy()
+        return outputs[0]
+
+
+#: Buffer lengths are rounded up to these steps in fixed-buffer (CUDA-graph) mode, so that generations
+#: of nearby lengths share one set of buffers and one captured graph.
+CACHE_LENGTH_STEP = 256
+#: At most this many buffer sets (and captured graphs) are kept; further shapes run uncaptured.
+MAX_BUFFER_SETS = 8
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _text_bucket(length: int) -> int:
+    """Text lengths are padded to a power of two (>= 16): the cross K/V shapes of a captured graph are fixed."""
+    return max(16, 1 << (max(1, length) - 1).bit_length())
+
+
+@dataclass
+class _Buffers:
+    """The device tensors of one (rows, cache length, text length) shape, and the step's binding.
+
+    Everything a single-token step reads or writes lives here at a fixed address: that is what lets
+    onnxruntime capture the step once as a CUDA graph and replay it (only the values change).
+    """
+
+    rows: int
+    length: int
+    text_len: int
+    cache: list[ort.OrtValue]
+    cross: list[ort.OrtValue]
+    mask: ort.OrtValue
+    logits: ort.OrtValue
+    step_ids: ort.OrtValue
+    step_positions: ort.OrtValue
+    step_total: ort.OrtValue  # host memory: GroupQueryAttention reads it on the CPU
+    step_binding: ort.IOBinding
+    graph_id: int  # CUDA-graph annotation; -1: never captured
+    in_use: bool = False
+
+
+#: Fixed buffer sets by (rows, cache length, text length); owned by the model, shared by its runners.
+BufferPool = dict[tuple[int, int, int], _Buffers]
 
 
 class StaticDecoderRunner:
     """Preallocated cache of the generation's full length, updated in place by the graph.
 
     Each ``past_key.i`` buffer is bound as both the input and the ``present_key.i`` output, so
-    onnxruntime writes only the new rows (DESIGN.md §5). All inputs and outputs are OrtValues on
-    the session's device, bound once per phase: a step costs one ``run_with_iobinding`` plus two
-    tiny host copies (the token ids and the past length in, the logits out).
+    onnxruntime writes only the new rows (DESIGN.md §5). All inputs and outputs are OrtValues on the
+    session's device, bound once per generation: a single-token step costs one ``run_with_iobinding``
+    plus two tiny host copies in place (token ids, position) and the logits out.
+    Call ``release`` when the generation ends.
+
+    Single-token steps (the prefill too, when there is no audio prompt) always pass the buffer length
+    as ``total_sequence_length`` and read the true length from the position, so every step runs on
+    identical inputs; a multi-token prefill gets its own binding with the true total. Given a
+    ``pool`` (fixed-buffer mode, for CUDA graphs) the buffers are also padded to bucketed shapes (cache length to
+    a multiple of ``CACHE_LENGTH_STEP``, text length to a power of two; padded text is masked out)
+    and kept between generations, and steps run with a ``gpu_graph_id`` per buffer set: onnxruntime
+    captures the step on its first runs and replays it afterwards. The same logic runs on the CPU,
+    where the annotation is ignored.
     """
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        manifest: Manifest,
+        device: str = "cpu",
+        pool: BufferPool | None = None,
+    ) -> None:
         self.session = session
         self.device = device
+        self.fixed_buffers = pool is not None
         spec = manifest.graphs["decoder"]
         d = manifest.decoder
         self.num_heads, self.head_dim, self.num_codebooks, self.vocab = (
@@ -106,63 +176,140 @@ class StaticDecoderRunner:
             d.num_codebooks,
             d.vocab_size,
         )
+        self.max_positions = d.max_positions
         n = d.num_layers
-        self.cross_names = spec.inputs[3 : 3 + 2 * n]
-        self.past_names = spec.inputs[3 + 2 * n :]
+        self.cross_names = spec.inputs[4 : 4 + 2 * n]
+        self.past_names = spec.inputs[4 + 2 * n :]
         self.present_names = spec.outputs[1:]
         # fp16 exports keep the cache, cross K/V and logits in fp16 (the loop casts logits to fp32)
         past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
         self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
-        self._binding: ort.IOBinding | None = None
-        self._rows = 0
-        self._ids: ort.OrtValue | None = None
-        self._past_length = np.zeros((), np.int64)
-        self._past_value: ort.OrtValue | None = None
-        self._logits: ort.OrtValue | None = None
+        self._pool: BufferPool = {} if pool is None else pool
+        self._buffers: _Buffers | None = None
+        self._past = 0
+        self._step_options: ort.RunOptions | None = None
+        self._uncaptured = _run_options(-1) if self.fixed_buffers else None
 
     @property
     def past_length(self) -> int:
-        return int(self._past_length)
+        return self._past
+
+    def release(self) -> None:
+        """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""
+        if self._buffers is not None:
+            self._buffers.in_use = False
+        self._buffers = None
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
-        rows = encoder_attention_mask.shape[0]
-        binding = _bind_prompt(
-            self.session, self.cross_names, cross_kv, encoder_attention_mask, self.dtype, self.device
+        rows, text_len = encoder_attention_mask.shape
+        if max_length > self.max_positions:
+            raise ValueError(f"max_length {max_length} exceeds the decoder's {self.max_positions} positions")
+        if self.fixed_buffers:
+            length = min(_round_up(max_length, CACHE_LENGTH_STEP), self.max_positions)
+            key = (rows, length, _text_bucket(text_len))
+            buffers = self._pool.get(key)
+            if buffers is None or buffers.in_use:  # in use: another generation of this model is still running
+                pooled = buffers is None and len(self._pool) < MAX_BUFFER_SETS
+                buffers = self._allocate(rows, length, key[2], len(self._pool) + 1 if pooled else -1)
+                if pooled:
+                    self._pool[key] = buffers
+            buffers.in_use = True
+            pad = key[2] - text_len
+            for value, array in zip(buffers.cross, cross_kv, strict=True):
+                value.update_inplace(np.pad(np.asarray(array, self.dtype), ((0, 0), (0, 0), (0, pad), (0, 0))))
+            buffers.mask.update_inplace(np.pad(np.asarray(encoder_attention_mask, np.int64), ((0, 0), (0, pad))))
+            self._step_options = _run_options(buffers.graph_id)
+        else:
+            buffers = self._allocate(rows, max_length, text_len, -1, cross_kv, encoder_attention_mask)
+            self._step_options = None
+        self._buffers, self._past = buffers, 0
+
+    def _allocate(self, rows, length, text_len, graph_id, cross_kv=None, mask=None) -> _Buffers:
+        def new(shape, dtype) -> ort.OrtValue:
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
+
+        if cross_kv is None:
+            cross = [new([rows, self.num_heads, text_len, self.head_dim], self.dtype) for _ in self.cross_names]
+            mask_value = new([rows, text_len], np.int64)
+        else:
+            cross = [_device_value(a, self.dtype, self.device) for a in cross_kv]
+            mask_value = _device_value(mask, np.int64, self.device)
+        cache = [new([rows, self.num_heads, length, self.head_dim], self.dtype) for _ in self.past_names]
+        buffers = _Buffers(
+            rows=rows,
+            length=length,
+            text_len=text_len,
+            cache=cache,
+            cross=cross,
+            mask=mask_value,
+            logits=new([rows, self.num_codebooks, self.vocab], self.dtype),
+            step_ids=new([rows, self.num_codebooks, 1], np.int64),
+            step_positions=new([1], np.int64),
+            step_total=_device_value(np.array(length, np.int32), np.int32, "cpu"),
+            step_binding=self.session.io_binding(),
+            graph_id=graph_id,
         )
-        shape = [rows, self.num_heads, max_length, self.head_dim]
-        for past, present in zip(self.past_names, self.present_names, strict=True):
-            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, self.device, 0)
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
-        self._logits = ort.OrtValue.ortvalue_from_shape_and_type(
-            [rows, self.num_codebooks, self.vocab], self.dtype, self.device, 0
-        )
-        binding.bind_ortvalue_output("logits", self._logits)
-        self._past_length[...] = 0
-        self._past_value = _device_value(self._past_length, np.int64, self.device)
-        binding.bind_ortvalue_input("past_length", self._past_value)
-        self._binding, self._rows, self._ids = binding, rows, None
+        self._bind(buffers, buffers.step_binding, buffers.step_ids, buffers.step_positions, buffers.step_total)
+        return buffers
+
+    def _bind(self, buffers: _Buffers, binding: ort.IOBinding, ids, positions, total) -> None:
+        binding.bind_ortvalue_input("input_ids", ids)
+        binding.bind_ortvalue_input("position_ids", positions)
+        binding.bind_ortvalue_input("total_sequence_length", total)
+        binding.bind_ortvalue_input("encoder_attention_mask", buffers.mask)
+        for name, value in zip(self.cross_names, buffers.cross, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for past, present, value in zip(self.past_names, self.present_names, buffers.cache, strict=True):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        binding.bind_ortvalue_output("logits", buffers.logits)
+
+    def run(self, input_ids: np.ndarray) -> ort.OrtValue:
+        """Feed ``input_ids`` [rows, K, S] after the cached positions; the logits stay on the device."""
+        buffers = self._buffers
+        if buffers is None:
+            raise RuntimeError("StaticDecoderRunner.run called before start()")
+        ids = np.ascontiguousarray(input_ids, np.int64)
+        seq_len = ids.shape[2]
+        if self._past + seq_len > buffers.length:
+            raise ValueError(f"the cache holds {buffers.length} positions; {self._past + seq_len} requested")
+        if seq_len == 1:
+            buffers.step_ids.update_inplace(ids)
+            buffers.step_positions.update_inplace(np.array([self._past], np.int64))
+            self.session.run_with_iobinding(buffers.step_binding, self._step_options)
+        else:
+            if self._past:
+                raise ValueError("a multi-token input is only supported as the first call (the prefill)")
+            binding = self.session.io_binding()
+            positions = np.arange(seq_len, dtype=np.int64)
+            total = np.array(seq_len, np.int32)
+            self._bind(
+                buffers,
+                binding,
+                _device_value(ids, np.int64, self.device),
+                _device_value(positions, np.int64, self.device),
+                _device_value(total, np.int32, "cpu"),
+            )
+            self.session.run_with_iobinding(binding, self._uncaptured)
+        self._past += seq_len
+        return buffers.logits
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        binding = self._binding
-        if binding is None:
-            raise RuntimeError("StaticDecoderRunner.step called before start()")
-        ids = np.ascontiguousarray(input_ids, np.int64)
-        if self._ids is None or tuple(self._ids.shape()) != ids.shape:
-            self._ids = _device_value(
-                ids, np.int64, self.device
-            )  # prefill, then the first single step: rebind once each
-            binding.bind_ortvalue_input("input_ids", self._ids)
-        else:
-            self._ids.update_inplace(ids)
-        self._past_value.update_inplace(self._past_length)
-        self.session.run_with_iobinding(binding)
-        self._past_length += ids.shape[2]
-        return self._logits.numpy()
+        return self.run(input_ids).numpy()
 
 
-def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu"):
-    """The runner matching the exported decoder graph (manifest.decoder.kv_cache)."""
+def _run_options(graph_id: int) -> ort.RunOptions:
+    """Run options carrying onnxruntime's CUDA-graph annotation (-1: run without capturing)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("gpu_graph_id", str(graph_id))
+    return options
+
+
+def make_runner(
+    session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", pool: BufferPool | None = None
+):
+    """The runner matching the exported decoder graph (manifest.decoder.kv_cache); a ``pool`` selects
+    fixed-buffer mode (static cache only)."""
     if manifest.decoder.kv_cache == "static":
-        return StaticDecoderRunner(session, manifest, device)
+        return StaticDecoderRunner(session, manifest, device, pool)
     return ConcatDecoderRunner(session, manifest, device)

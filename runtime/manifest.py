@@ -16,7 +16,9 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "musicgen-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Oldest manifest this runtime reads: version 1 static-cache decoders took a ``past_length`` input.
+MIN_FORMAT_VERSION = 2
 
 #: The graphs an export directory holds, by role.
 GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "encodec_decode", "encodec_encode")
@@ -60,9 +62,12 @@ class DecoderSpec:
     max_positions: int
     pad_token_id: int
     decoder_start_token_id: int
-    #: "static": preallocated cache updated in place (GroupQueryAttention, a past_length input);
-    #: "concat": past/present tensors that grow by one position per step.
+    #: "static": preallocated cache updated in place (GroupQueryAttention; position_ids and
+    #: total_sequence_length inputs); "concat": past/present tensors that grow by one position per step.
     kv_cache: str = "concat"
+    #: The step graph can be captured as a CUDA graph: static cache, fp16 (CUDA GroupQueryAttention
+    #: runs fp16 only) and the placement check of ``export.cuda_graph_check`` passed.
+    cuda_graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,12 @@ class Manifest:
                 )
             if version < 1:
                 raise ManifestError(f"invalid manifest format_version {version}")
+            if version < MIN_FORMAT_VERSION:
+                raise ManifestError(
+                    f"manifest format_version {version} is older than this runtime supports "
+                    f"(>= {MIN_FORMAT_VERSION}): its decoder graph has other inputs; re-export the model "
+                    "with this version of musicgen-onnx"
+                )
             return cls(
                 source=str(data["source"]),
                 random_weights=bool(data["random_weights"]),

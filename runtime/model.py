@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .audio import prepare_prompt_audio
-from .decoder_runner import make_runner
+from .decoder_runner import BufferPool, make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, _is_real, plan_generation
 from .manifest import Manifest, verify_files
-from .sessions import make_session_options, open_session, resolve_providers
+from .sessions import make_session_options, open_decoder_session, open_session, resolve_providers
 from .streaming import AudioChunk, decode_long, stream_chunks
 from .tokenizer import TextTokenizer
 
@@ -60,7 +60,14 @@ class MusicGen:
     #: Longest ``duration`` (seconds) generate / stream accept; long-form makes any length, this is a guard.
     duration_cap: float = DEFAULT_DURATION_CAP
 
-    def __init__(self, model_dir: Path, manifest: Manifest, providers: list[str], threads: int | None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        providers: list[str],
+        threads: int | None,
+        cuda_graph: bool = False,
+    ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.providers = providers
@@ -69,7 +76,11 @@ class MusicGen:
         graphs = manifest.graphs
         self._text_encoder = open_session(model_dir / graphs["text_encoder"].file, providers, self._options)
         self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
-        self._decoder = open_session(model_dir / graphs["decoder"].file, providers, self._options)
+        self._decoder, self.cuda_graph = open_decoder_session(
+            model_dir / graphs["decoder"].file, providers, self._options, cuda_graph
+        )
+        #: fixed decoder buffers kept between generations: the captured CUDA graphs point at them
+        self._buffer_pool: BufferPool | None = {} if self.cuda_graph else None
         self._codec_decoder = open_session(model_dir / graphs["encodec_decode"].file, providers, self._options)
         self._codec_encoder = None  # opened on first audio prompt: most users never need it
         self.tokenizer = TextTokenizer(
@@ -79,21 +90,40 @@ class MusicGen:
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def load(
-        cls, model_dir: str | Path, provider: str = "auto", threads: int | None = None, verify: bool = True
+        cls,
+        model_dir: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        verify: bool = True,
+        cuda_graph: bool | None = None,
     ) -> MusicGen:
         """Open an export directory. ``provider``: "auto" (CUDA when available), "cuda" or "cpu".
 
         ``verify`` checks every file against the manifest's sha256 first, so a truncated copy fails
-        here with a message rather than inside onnxruntime.
+        here with a message rather than inside onnxruntime. ``cuda_graph`` captures the decoder step
+        as a CUDA graph and replays it (None: whenever the model runs on CUDA and its export supports
+        it, i.e. ``manifest.decoder.cuda_graph``: an fp16 static-cache export).
         """
         model_dir = Path(model_dir).expanduser()
         manifest = Manifest.load(model_dir)
         providers = resolve_providers(provider)
+        on_cuda = providers[0] == "CUDAExecutionProvider"
+        if cuda_graph is None:
+            cuda_graph = on_cuda and manifest.decoder.cuda_graph
+        elif cuda_graph and not on_cuda:
+            raise ValueError("cuda_graph=True needs the CUDA execution provider (provider='cuda' or 'auto' on a GPU)")
+        elif cuda_graph and not manifest.decoder.cuda_graph:
+            raise ValueError(
+                f"{model_dir} cannot run as a CUDA graph (precision {manifest.precision}, "
+                f"{manifest.decoder.kv_cache} KV cache): re-export with --precision fp16 --kv-cache static"
+            )
         if verify:
             roles = tuple(r for r in manifest.graphs if r != "encodec_encode")
             verify_files(model_dir, manifest, roles)
-        model = cls(model_dir, manifest, providers, threads)
-        logger.info("loaded %s (%s) with %s", model_dir, manifest.source, providers[0])
+        model = cls(model_dir, manifest, providers, threads, bool(cuda_graph))
+        logger.info(
+            "loaded %s (%s) with %s%s", model_dir, manifest.source, providers[0], " + CUDA graphs" if model.cuda_graph else ""
+        )
         if model.device == "cuda" and manifest.decoder.kv_cache == "static" and manifest.precision != "fp16":
             logger.warning(
                 "%s has a %s static-cache decoder: onnxruntime's CUDA GroupQueryAttention runs fp16 only, so "
@@ -351,26 +381,29 @@ class MusicGen:
         if cfg:  # unconditional half: zero K/V and an all-zero text mask, exactly as transformers builds it
             cross_kv = [np.concatenate([kv, np.zeros_like(kv)], axis=0) for kv in cross_kv]
             text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
-        runner = make_runner(self._decoder, self.manifest, self.device)
+        runner = make_runner(self._decoder, self.manifest, self.device, self._buffer_pool)
         runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
         feed = state.prefill_ids(cfg)  # a view of the state without CFG: runners never keep what they are fed
-        while True:
-            t0 = time.perf_counter()
-            logits = runner.step(feed)
-            scores = process_logits(
-                logits.reshape(-1, logits.shape[-1]),
-                guidance_scale=options.guidance_scale if cfg else None,
-                do_sample=options.do_sample,
-                temperature=options.temperature,
-                top_k=options.top_k or None,
-                top_p=options.top_p,
-            )
-            state.write(select_tokens(scores, do_sample=options.do_sample, rng=rng))
-            step_times.append(time.perf_counter() - t0)
-            yield state
-            if state.done:
-                return
-            feed = state.step_ids(cfg)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                logits = runner.step(feed)
+                scores = process_logits(
+                    logits.reshape(-1, logits.shape[-1]),
+                    guidance_scale=options.guidance_scale if cfg else None,
+                    do_sample=options.do_sample,
+                    temperature=options.temperature,
+                    top_k=options.top_k or None,
+                    top_p=options.top_p,
+                )
+                state.write(select_tokens(scores, do_sample=options.do_sample, rng=rng))
+                step_times.append(time.perf_counter() - t0)
+                yield state
+                if state.done:
+                    return
+                feed = state.step_ids(cfg)
+        finally:
+            runner.release()
 
 
 def _check_texts(texts: str | Sequence[str] | None) -> list[str] | None:

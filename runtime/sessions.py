@@ -48,3 +48,20 @@ def open_session(path: Path, providers: list[str], options: ort.SessionOptions) 
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ValueError(f"cannot load {path}: the graph is corrupt or not an ONNX model ({exc})") from exc
+
+
+def open_decoder_session(
+    path: Path, providers: list[str], options: ort.SessionOptions, cuda_graph: bool
+) -> tuple[ort.InferenceSession, bool]:
+    """The decoder session, with onnxruntime's CUDA-graph capture when asked; returns (session, captured).
+
+    onnxruntime refuses CUDA graphs at load time when a compute node would not run on the CUDA EP or a
+    host<->device copy would sit inside the graph: then this warns and opens the session without them.
+    """
+    if cuda_graph and providers[0] == _CUDA:
+        graph_providers = [(_CUDA, {"enable_cuda_graph": "1"}), *providers[1:]]
+        try:
+            return ort.InferenceSession(str(path), options, providers=graph_providers), True
+        except Exception as exc:  # onnxruntime raises its own exception types
+            logger.warning("CUDA graph capture unavailable for %s, running without it: %s", path, exc)
+    return open_session(path, providers, options), False
