@@ -305,9 +305,7 @@ def _run_options(graph_id: int) -> ort.RunOptions:
     return options
 
 
-def make_runner(
-    session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", pool: BufferPool | None = None
-):
+def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", pool: BufferPool | None = None):
     """The runner matching the exported decoder graph (manifest.decoder.kv_cache); a ``pool`` selects
     fixed-buffer mode (static cache only)."""
     if manifest.decoder.kv_cache == "static":

@@ -122,7 +122,11 @@ class MusicGen:
             verify_files(model_dir, manifest, roles)
         model = cls(model_dir, manifest, providers, threads, bool(cuda_graph))
         logger.info(
-            "loaded %s (%s) with %s%s", model_dir, manifest.source, providers[0], " + CUDA graphs" if model.cuda_graph else ""
+            "loaded %s (%s) with %s%s",
+            model_dir,
+            manifest.source,
+            providers[0],
+            " + CUDA graphs" if model.cuda_graph else "",
         )
         if model.device == "cuda" and manifest.decoder.kv_cache == "static" and manifest.precision != "fp16":
             logger.warning(

@@ -82,7 +82,10 @@ def test_check_rules_on_small_graphs():
     assert len(problems) == 1 and "Add" in problems[0]
 
     device_into_host_slot = _graph(
-        [helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64), helper.make_node("Reshape", ["x", "xi"], ["y"])],
+        [
+            helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+            helper.make_node("Reshape", ["x", "xi"], ["y"]),
+        ],
         [x],
         [y],
     )
