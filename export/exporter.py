@@ -76,7 +76,21 @@ def _decoder_plan(kv_cache: str) -> GraphPlan:
     )
 
 
-def _plans(include_audio_encoder: bool, kv_cache: str) -> list[GraphPlan]:
+def _sampler_plan(precision: str) -> GraphPlan:
+    import torch
+    from musicgen_onnx.graphs import sampler
+
+    logits_dtype = torch.float16 if precision == "fp16" else torch.float32
+    return GraphPlan(
+        "sampler",
+        "sampler.onnx",
+        lambda m: sampler.TokenSampler(m.decoder.config.num_codebooks, m.decoder.config.vocab_size, logits_dtype),
+        lambda m, w: w.example_inputs(2, cfg=True),
+        lambda w: (sampler.INPUT_NAMES, sampler.OUTPUT_NAMES, sampler.DYNAMIC_AXES),
+    )
+
+
+def _plans(include_audio_encoder: bool, kv_cache: str, precision: str) -> list[GraphPlan]:
     from musicgen_onnx.graphs import (
         CrossKV,
         EncodecDecode,
@@ -108,6 +122,7 @@ def _plans(include_audio_encoder: bool, kv_cache: str) -> list[GraphPlan]:
             ),
         ),
         _decoder_plan(kv_cache),
+        _sampler_plan(precision),
         GraphPlan(
             "encodec_decode",
             "encodec_decode.onnx",
@@ -274,7 +289,7 @@ def export_model(
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
-        for plan in _plans(include_audio_encoder, kv_cache):
+        for plan in _plans(include_audio_encoder, kv_cache, precision):
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)

@@ -243,12 +243,56 @@ def validate_encodec_encode(path: Path, model, wrapper, tol: float) -> list[Chec
     return checks
 
 
+#: Sampler settings checked at export: (batch, cfg, guidance, temperature, top_k (0: off), top_p, greedy).
+SAMPLER_CASES = [
+    (1, True, 3.0, 1.0, 250, 1.0, False),
+    (3, True, 2.5, 0.7, 50, 0.9, False),
+    (2, False, 1.0, 1.3, 0, 0.8, False),
+    (2, True, 3.0, 1.0, 1, 1.0, True),
+]
+
+
+def validate_sampler(path: Path, model, wrapper, tol: float) -> list[Check]:
+    """Tokens drawn by the graph vs the runtime's numpy path (held to transformers' logits processors
+    by the tests) from the same uniform numbers; rounding may flip a draw sitting on a bucket edge."""
+    import torch
+    from musicgen_onnx.runtime.generation import process_logits, select_with_uniform
+    from musicgen_onnx.runtime.sampler import sampler_feeds
+
+    session = _session(path)
+    rng = np.random.default_rng(7)
+    vocab, codebooks = wrapper.vocab_size, wrapper.num_codebooks
+    dtype = np.float16 if wrapper.logits_dtype == torch.float16 else np.float32
+    checks = []
+    for batch, cfg, scale, temperature, top_k, top_p, greedy in SAMPLER_CASES:
+        rows = 2 * batch if cfg else batch
+        logits = (rng.standard_normal((rows, codebooks, vocab)) * 3).astype(dtype)
+        uniform = np.zeros(batch * codebooks) if greedy else rng.random(batch * codebooks)
+        feeds = sampler_feeds(vocab, scale, temperature, top_k, top_p, do_sample=not greedy)
+        uniform = uniform.astype(np.float32)
+        (tokens,) = session.run(None, {"logits": logits, "uniform": uniform.reshape(batch, codebooks), **feeds})
+        scores = process_logits(
+            logits.reshape(-1, vocab).astype(np.float32),
+            guidance_scale=scale if cfg else None,
+            do_sample=not greedy,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=top_p,
+        )
+        ref = np.argmax(scores, axis=-1) if greedy else select_with_uniform(scores, uniform)
+        mismatch = float(np.mean(tokens.reshape(-1) != ref))
+        case = f"batch={batch} cfg={cfg} top_k={top_k} top_p={top_p} greedy={greedy}"
+        checks.append(Check("sampler", case, mismatch, 0.0, 0.0 if greedy else 0.01))
+    return checks
+
+
 VALIDATORS: dict[str, Callable] = {
     "text_encoder": validate_text_encoder,
     "cross_kv": validate_cross_kv,
     "decoder": validate_decoder,
     "encodec_decode": validate_encodec_decode,
     "encodec_encode": validate_encodec_encode,
+    "sampler": validate_sampler,
 }
 
 

@@ -9,6 +9,7 @@ from .cross_kv import CrossKV
 from .decoder import DecoderStep
 from .encodec_decode import EncodecDecode
 from .encodec_encode import EncodecEncode
+from .sampler import TokenSampler
 from .text_encoder import TextEncoder
 
-__all__ = ["CrossKV", "DecoderStep", "EncodecDecode", "EncodecEncode", "TextEncoder"]
+__all__ = ["CrossKV", "DecoderStep", "EncodecDecode", "EncodecEncode", "TextEncoder", "TokenSampler"]

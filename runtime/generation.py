@@ -23,6 +23,7 @@ __all__ = [
     "process_logits",
     "revert_delay_pattern",
     "select_tokens",
+    "select_with_uniform",
     "split_channels",
 ]
 
@@ -185,10 +186,19 @@ def select_tokens(scores: np.ndarray, *, do_sample: bool, rng: np.random.Generat
         return np.argmax(scores, axis=-1).astype(np.int64)
     if rng is None:
         raise ValueError("sampling needs an np.random.Generator (rng=...)")
+    return select_with_uniform(scores, rng.random(scores.shape[0]))
+
+
+def select_with_uniform(scores: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw per row from softmax(scores), in vocabulary order, with the given uniforms in [0, 1).
+
+    The sampler graph applies the same rule to the same numbers, so both paths agree draw for draw
+    (up to float32 rounding on a bucket edge). Returns int64 [rows].
+    """
     x = np.asarray(scores, dtype=np.float64)
     p = np.exp(x - x.max(axis=-1, keepdims=True))
     cdf = np.cumsum(p, axis=-1)
-    u = rng.random(x.shape[0]) * cdf[:, -1]
+    u = np.asarray(uniform, dtype=np.float64).reshape(-1) * cdf[:, -1]
     idx = np.count_nonzero(cdf <= u[:, None], axis=-1)
     # u can round onto the total; never return a zero-probability (filtered) token
     last_positive = x.shape[-1] - 1 - np.argmax(p[:, ::-1] > 0, axis=-1)

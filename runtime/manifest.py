@@ -21,8 +21,9 @@ FORMAT_VERSION = 2
 MIN_FORMAT_VERSION = 2
 
 #: The graphs an export directory holds, by role.
-GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "encodec_decode", "encodec_encode")
-#: Graphs the runtime cannot work without (the EnCodec encoder is only needed for audio prompts).
+GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "sampler", "encodec_decode", "encodec_encode")
+#: Graphs the runtime cannot work without (the EnCodec encoder is only needed for audio prompts, the
+#: sampler for token selection on the device).
 REQUIRED_GRAPHS = ("text_encoder", "cross_kv", "decoder", "encodec_decode")
 
 

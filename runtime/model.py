@@ -10,12 +10,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from .audio import prepare_prompt_audio
 from .decoder_runner import BufferPool, make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, _is_real, plan_generation
 from .manifest import Manifest, verify_files
+from .sampler import GraphSampler
 from .sessions import make_session_options, open_decoder_session, open_session, resolve_providers
 from .streaming import AudioChunk, decode_long, stream_chunks
 from .tokenizer import TextTokenizer
@@ -67,6 +69,7 @@ class MusicGen:
         providers: list[str],
         threads: int | None,
         cuda_graph: bool = False,
+        device_sampling: bool = False,
     ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
@@ -81,6 +84,9 @@ class MusicGen:
         )
         #: fixed decoder buffers kept between generations: the captured CUDA graphs point at them
         self._buffer_pool: BufferPool | None = {} if self.cuda_graph else None
+        self._sampler: ort.InferenceSession | None = None
+        if device_sampling:
+            self._sampler = open_session(model_dir / graphs["sampler"].file, providers, self._options)
         self._codec_decoder = open_session(model_dir / graphs["encodec_decode"].file, providers, self._options)
         self._codec_encoder = None  # opened on first audio prompt: most users never need it
         self.tokenizer = TextTokenizer(
@@ -96,13 +102,16 @@ class MusicGen:
         threads: int | None = None,
         verify: bool = True,
         cuda_graph: bool | None = None,
+        device_sampling: bool | None = None,
     ) -> MusicGen:
         """Open an export directory. ``provider``: "auto" (CUDA when available), "cuda" or "cpu".
 
         ``verify`` checks every file against the manifest's sha256 first, so a truncated copy fails
         here with a message rather than inside onnxruntime. ``cuda_graph`` captures the decoder step
         as a CUDA graph and replays it (None: whenever the model runs on CUDA and its export supports
-        it, i.e. ``manifest.decoder.cuda_graph``: an fp16 static-cache export).
+        it, i.e. ``manifest.decoder.cuda_graph``: an fp16 static-cache export). ``device_sampling``
+        selects tokens with the exported sampler graph where the logits are, instead of copying them
+        to numpy (None: on CUDA when the export has the graph; on the CPU numpy is as fast).
         """
         model_dir = Path(model_dir).expanduser()
         manifest = Manifest.load(model_dir)
@@ -117,10 +126,18 @@ class MusicGen:
                 f"{model_dir} cannot run as a CUDA graph (precision {manifest.precision}, "
                 f"{manifest.decoder.kv_cache} KV cache): re-export with --precision fp16 --kv-cache static"
             )
+        has_sampler = "sampler" in manifest.graphs
+        if device_sampling is None:
+            device_sampling = on_cuda and has_sampler
+        elif device_sampling and not has_sampler:
+            raise ValueError(
+                f"device_sampling=True needs the sampler graph, which {model_dir} lacks (exported by an older "
+                "musicgen-onnx); re-export it, or use device_sampling=False"
+            )
         if verify:
-            roles = tuple(r for r in manifest.graphs if r != "encodec_encode")
+            roles = tuple(r for r in manifest.graphs if r != "encodec_encode" and (device_sampling or r != "sampler"))
             verify_files(model_dir, manifest, roles)
-        model = cls(model_dir, manifest, providers, threads, bool(cuda_graph))
+        model = cls(model_dir, manifest, providers, threads, bool(cuda_graph), bool(device_sampling))
         logger.info(
             "loaded %s (%s) with %s%s",
             model_dir,
@@ -370,7 +387,8 @@ class MusicGen:
         step_times: list[float],
     ) -> Iterator[DelayPatternState]:
         """The delay-pattern loop of one generate call: prefill, then one decoder call per step, CFG and
-        sampling in numpy. Yields the state after every sampled column (the last one has ``done``)."""
+        sampling in numpy (or in the sampler graph, on the device). Yields the state after every sampled
+        column (the last one has ``done``)."""
         d = self.manifest.decoder
         prompt_len = 0 if prompt_codes is None else prompt_codes.shape[-1]
         ids, pattern = build_delay_pattern(
@@ -387,20 +405,29 @@ class MusicGen:
             text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
         runner = make_runner(self._decoder, self.manifest, self.device, self._buffer_pool)
         runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
+        sampler = None
+        if self._sampler is not None:
+            sampler = GraphSampler(self._sampler, d.vocab_size, d.num_codebooks, self.device)
+            scale = options.guidance_scale if cfg else 1.0
+            sampler.start(batch, scale, options.temperature, options.top_k, options.top_p, options.do_sample)
         feed = state.prefill_ids(cfg)  # a view of the state without CFG: runners never keep what they are fed
         try:
             while True:
                 t0 = time.perf_counter()
-                logits = runner.step(feed)
-                scores = process_logits(
-                    logits.reshape(-1, logits.shape[-1]),
-                    guidance_scale=options.guidance_scale if cfg else None,
-                    do_sample=options.do_sample,
-                    temperature=options.temperature,
-                    top_k=options.top_k or None,
-                    top_p=options.top_p,
-                )
-                state.write(select_tokens(scores, do_sample=options.do_sample, rng=rng))
+                if sampler is not None:
+                    tokens = sampler.sample(runner.run(feed), rng)
+                else:
+                    logits = runner.step(feed)
+                    scores = process_logits(
+                        logits.reshape(-1, logits.shape[-1]),
+                        guidance_scale=options.guidance_scale if cfg else None,
+                        do_sample=options.do_sample,
+                        temperature=options.temperature,
+                        top_k=options.top_k or None,
+                        top_p=options.top_p,
+                    )
+                    tokens = select_tokens(scores, do_sample=options.do_sample, rng=rng)
+                state.write(tokens)
                 step_times.append(time.perf_counter() - t0)
                 yield state
                 if state.done:

@@ -176,3 +176,13 @@ def test_cuda_graph_option_errors(exported_stereo):
         MusicGen.load(exported_stereo, provider="cpu", cuda_graph=True)
     model = MusicGen.load(exported_stereo, provider="cpu", cuda_graph=False)
     assert not model.cuda_graph and model._buffer_pool is None
+
+
+def test_fp16_export_runs_the_gpu_configuration_on_cpu(exported_fp16):
+    """fp16 cache and logits, fixed buffers and the sampler graph together: what a GPU runs."""
+    host = MusicGen.load(exported_fp16, provider="cpu")
+    gpu_like = MusicGen.load(exported_fp16, provider="cpu", device_sampling=True)
+    gpu_like._buffer_pool = {}
+    kwargs = dict(max_new_tokens=25, do_sample=True, top_k=50, guidance_scale=3.0, seed=2)
+    expected = host.generate_detailed(["warm synth pads"], **kwargs).codes
+    np.testing.assert_array_equal(gpu_like.generate_detailed(["warm synth pads"], **kwargs).codes, expected)
