@@ -58,7 +58,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="cpu",
         help="cuda: onnxruntime provider 'cuda' and transformers .cuda().half()",
     )
-    p.add_argument("--precision", default="fp32", help="export variant (fp32; int8/fp16 once the exporter has them)")
+    p.add_argument("--precision", default="fp32", help="export variant: fp32, int8, int4 (CPU) or fp16 (GPU)")
+    p.add_argument(
+        "--cuda-graph",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours: capture the decoder step as a CUDA graph (auto: on CUDA when the export allows it)",
+    )
+    p.add_argument(
+        "--device-sampling",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours: select tokens with the sampler graph on the device (auto: on CUDA)",
+    )
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -161,6 +173,9 @@ def ensure_export(args: argparse.Namespace, model: str, export_dir: Path) -> dic
         else:
             log.info("reusing export %s", export_dir)
             return {**stamp, "reused": True}
+    if export_dir.exists() and not ok and not rebuild and stamp_path.is_file():
+        log.info("cached export %s is not usable (%s): rebuilding it", export_dir, why)
+        rebuild = True
     if export_dir.exists() and not ok and not rebuild:
         raise SystemExit(f"{export_dir} exists but is not usable ({why}); pass --rebuild to replace it")
     if args.precision != "fp32" and not exporter_supports_precision():
@@ -365,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": max_new_tokens,
         "codebooks_per_channel": c,
         "profile_steps": args.profile,
+        "cuda_graph": {"auto": None, "on": True, "off": False}[args.cuda_graph],
+        "device_sampling": {"auto": None, "on": True, "off": False}[args.device_sampling],
     }
     systems = [s for s, skip in (("transformers", args.skip_transformers), ("ours", args.skip_ours)) if not skip]
     for batch in args.batch:

@@ -39,6 +39,12 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-audio", type=Path, help="audio file to continue (any sample rate)")
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto", help="execution provider")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument(
+        "--no-cuda-graph", action="store_true", help="on CUDA: run the decoder step without CUDA-graph capture"
+    )
+    p.add_argument(
+        "--host-sampling", action="store_true", help="on CUDA: sample tokens in numpy instead of the sampler graph"
+    )
     p.add_argument("--stream", action="store_true", help="write the WAV progressively while generating")
     p.add_argument("--chunk-seconds", type=float, default=1.0, help="with --stream: seconds per chunk (default 1)")
     p.add_argument("--window", type=float, help="long-form: window length in seconds (default 30)")
@@ -91,7 +97,13 @@ def run_generate(argv: list[str]) -> int:
     from .model import MusicGen
 
     try:
-        model = MusicGen.load(args.model_dir, provider=args.provider, threads=args.threads)
+        model = MusicGen.load(
+            args.model_dir,
+            provider=args.provider,
+            threads=args.threads,
+            cuda_graph=False if args.no_cuda_graph else None,
+            device_sampling=False if args.host_sampling else None,
+        )
         prompt, prompt_sr = (None, None)
         if args.prompt_audio is not None:
             if not args.prompt_audio.is_file():

@@ -148,14 +148,14 @@ class StaticDecoderRunner:
     plus two tiny host copies in place (token ids, position) and the logits out.
     Call ``release`` when the generation ends.
 
-    Single-token steps (the prefill too, when there is no audio prompt) always pass the buffer length
-    as ``total_sequence_length`` and read the true length from the position, so every step runs on
-    identical inputs; a multi-token prefill gets its own binding with the true total. Given a
-    ``pool`` (fixed-buffer mode, for CUDA graphs) the buffers are also padded to bucketed shapes (cache length to
-    a multiple of ``CACHE_LENGTH_STEP``, text length to a power of two; padded text is masked out)
-    and kept between generations, and steps run with a ``gpu_graph_id`` per buffer set: onnxruntime
-    captures the step on its first runs and replays it afterwards. The same logic runs on the CPU,
-    where the annotation is ignored.
+    Single-token steps (the prefill too, when there is no audio prompt) share one binding; a
+    multi-token prefill gets its own. Given a ``pool`` (fixed-buffer mode, for CUDA graphs) the
+    buffers are also padded to bucketed shapes (cache length to a multiple of ``CACHE_LENGTH_STEP``,
+    text length to a power of two; padded text is masked out) and kept between generations,
+    single-token steps pass the buffer length as ``total_sequence_length`` (the true length comes
+    from the position, so every replay sees identical host inputs), and steps run with a
+    ``gpu_graph_id`` per buffer set: onnxruntime captures the step on its first runs and replays it
+    afterwards. The same logic runs on the CPU, where the annotation is ignored.
     """
 
     def __init__(
@@ -276,6 +276,8 @@ class StaticDecoderRunner:
         if seq_len == 1:
             buffers.step_ids.update_inplace(ids)
             buffers.step_positions.update_inplace(np.array([self._past], np.int64))
+            if not self.fixed_buffers:  # a captured graph needs a constant total; otherwise pass the true one
+                buffers.step_total.update_inplace(np.array(self._past + 1, np.int32))
             self.session.run_with_iobinding(buffers.step_binding, self._step_options)
         else:
             if self._past:
