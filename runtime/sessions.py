@@ -22,6 +22,7 @@ def resolve_providers(provider: str) -> list[str]:
     if provider == "cpu":
         return [_CPU]
     if _CUDA in available:
+        _preload_cuda_libraries()
         return [_CUDA, _CPU]
     if provider == "cuda":
         raise ValueError(
@@ -29,6 +30,18 @@ def resolve_providers(provider: str) -> list[str]:
             f"(available: {', '.join(available)}); install the GPU build: pip install 'musicgen-onnx[gpu]'"
         )
     return [_CPU]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA / cuDNN from the nvidia-* pip packages when they are installed (onnxruntime >= 1.21), so
+    onnxruntime-gpu works next to pip-installed CUDA libraries without LD_LIBRARY_PATH (and without torch)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # best effort: system-wide CUDA libraries may still be found by the loader
+        logger.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 def make_session_options(threads: int | None) -> ort.SessionOptions:
