@@ -18,6 +18,13 @@ def test_generate_one_prompt(exported_stereo, tmp_path, capsys):
     assert str(out) in printed and "real-time factor" in printed
 
 
+def test_generate_gpu_switches_are_accepted_on_cpu(exported_stereo, tmp_path):
+    out = tmp_path / "plain.wav"
+    args = ["generate", str(exported_stereo), "drums", "-o", str(out), "--duration", "0.3", "--provider", "cpu"]
+    assert main([*args, "--no-cuda-graph", "--host-sampling"]) == 0
+    assert sf.read(out, always_2d=True)[0].shape == (9600, 2)
+
+
 def test_generate_several_prompts_numbered_and_greedy(exported_mono, tmp_path):
     out = tmp_path / "clip.wav"
     args = ["generate", str(exported_mono), "a", "b c", "-o", str(out), "--duration", "0.3", "--greedy", "--seed", "1"]

@@ -186,3 +186,28 @@ def test_fp16_export_runs_the_gpu_configuration_on_cpu(exported_fp16):
     kwargs = dict(max_new_tokens=25, do_sample=True, top_k=50, guidance_scale=3.0, seed=2)
     expected = host.generate_detailed(["warm synth pads"], **kwargs).codes
     np.testing.assert_array_equal(gpu_like.generate_detailed(["warm synth pads"], **kwargs).codes, expected)
+
+
+def test_refused_capture_falls_back_with_a_warning(exported_stereo, monkeypatch, caplog):
+    """onnxruntime refuses CUDA graphs at load time for some graphs: the model must still load, uncaptured."""
+    import onnxruntime as ort
+    from musicgen_onnx.runtime import sessions
+
+    real = ort.InferenceSession
+    opened = []
+
+    def fake_session(path, options=None, providers=None):
+        opened.append(providers)
+        if isinstance(providers[0], tuple):  # the CUDA-graph request
+            raise RuntimeError("This session cannot use the CUDA Graph feature as requested by the user")
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(sessions.ort, "InferenceSession", fake_session)
+    path = exported_stereo / "decoder.onnx"
+    with caplog.at_level("WARNING", logger="musicgen_onnx"):
+        session, captured = sessions.open_decoder_session(
+            path, ["CUDAExecutionProvider", "CPUExecutionProvider"], ort.SessionOptions(), cuda_graph=True
+        )
+    assert not captured and session is not None
+    assert opened[0][0] == ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+    assert "CUDA graph capture unavailable" in caplog.text
