@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--work DIR]
 
 Builds the tiny stereo test checkpoint (tests/tiny_checkpoint.py), exports it fp16, and compares on the GPU:
-  1. CUDA provider, no CUDA graph, numpy sampling  vs  the same export on the CPU (greedy codes);
+  1. CUDA provider, no CUDA graph, numpy sampling  vs  the same export on the CPU (greedy and sampled codes);
   2. + CUDA-graph capture of the decoder step (and a second generation replaying it);
   3. + token selection with the sampler graph, sampling with a seed vs numpy sampling with that seed;
 and reports whether onnxruntime actually captured (a refused capture is logged and falls back).
@@ -28,6 +28,12 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
+    parser.add_argument(
+        "--provider",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: run the same comparisons without CUDA (a dry run of this script; CUDA graphs are skipped)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from musicgen_onnx.runtime import MusicGen
     from tiny_checkpoint import build_tiny_checkpoint
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if args.provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         print(f"no CUDAExecutionProvider in onnxruntime {ort.__version__}: install onnxruntime-gpu", file=sys.stderr)
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="musicgen-gpu-check-"))
@@ -54,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     configs = [
-        ("cuda, plain", dict(cuda_graph=False, device_sampling=False)),
-        ("cuda + graph", dict(cuda_graph=True, device_sampling=False)),
-        ("cuda + graph + sampler", dict(cuda_graph=True, device_sampling=True)),
+        ("plain", dict(cuda_graph=False, device_sampling=False)),
+        ("+ CUDA graph", dict(cuda_graph=True, device_sampling=False)),
+        ("+ CUDA graph + sampler", dict(cuda_graph=True, device_sampling=True)),
     ]
+    if args.provider == "cpu":
+        configs = [(label, {**options, "cuda_graph": False}) for label, options in configs]
     for label, options in configs:
-        model = MusicGen.load(export, provider="cuda", **options)
+        model = MusicGen.load(export, provider=args.provider, **options)
         for kind, kwargs, ref in (("greedy", greedy, ref_greedy), ("sampled", sampled, ref_sampled)):
             for attempt in (1, 2):  # the second run replays the captured graph
                 res = model.generate_detailed(texts, **kwargs)
