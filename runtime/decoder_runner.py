@@ -8,6 +8,7 @@ use of the ids it is given once it returns (the caller may pass a view of its ow
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,8 @@ class _Buffers:
 
 #: Fixed buffer sets by (rows, cache length, text length); owned by the model, shared by its runners.
 BufferPool = dict[tuple[int, int, int], _Buffers]
+#: Taking and returning pooled buffer sets is atomic: generations may run in several threads.
+_POOL_LOCK = threading.Lock()
 
 
 class StaticDecoderRunner:
@@ -197,7 +200,8 @@ class StaticDecoderRunner:
     def release(self) -> None:
         """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""
         if self._buffers is not None:
-            self._buffers.in_use = False
+            with _POOL_LOCK:
+                self._buffers.in_use = False
         self._buffers = None
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
@@ -207,13 +211,14 @@ class StaticDecoderRunner:
         if self.fixed_buffers:
             length = min(_round_up(max_length, CACHE_LENGTH_STEP), self.max_positions)
             key = (rows, length, _text_bucket(text_len))
-            buffers = self._pool.get(key)
-            if buffers is None or buffers.in_use:  # in use: another generation of this model is still running
-                pooled = buffers is None and len(self._pool) < MAX_BUFFER_SETS
-                buffers = self._allocate(rows, length, key[2], len(self._pool) + 1 if pooled else -1)
-                if pooled:
-                    self._pool[key] = buffers
-            buffers.in_use = True
+            with _POOL_LOCK:
+                buffers = self._pool.get(key)
+                if buffers is None or buffers.in_use:  # in use: another generation of this model is running
+                    pooled = buffers is None and len(self._pool) < MAX_BUFFER_SETS
+                    buffers = self._allocate(rows, length, key[2], len(self._pool) + 1 if pooled else -1)
+                    if pooled:
+                        self._pool[key] = buffers
+                buffers.in_use = True
             pad = key[2] - text_len
             for value, array in zip(buffers.cross, cross_kv, strict=True):
                 value.update_inplace(np.pad(np.asarray(array, self.dtype), ((0, 0), (0, 0), (0, pad), (0, 0))))
