@@ -1,7 +1,8 @@
 """musicgen-onnx runtime: numpy + onnxruntime + tokenizers; never imports torch or transformers."""
 
 from .manifest import Manifest, ManifestError
-from .model import GenerationResult, MusicGen, SamplingOptions
+from .model import GenerationResult, MusicGen
+from .options import SamplingOptions
 from .pipeline import TextToAudioPipeline, pipeline
 
 __all__ = [

@@ -28,9 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .options import is_real
+
 if TYPE_CHECKING:
     from .manifest import Manifest
-    from .model import MusicGen, SamplingOptions
+    from .model import MusicGen
+    from .options import SamplingOptions
 
 __all__ = [
     "DEFAULT_DURATION_CAP",
@@ -52,10 +55,6 @@ _EPS = 1e-6  # seconds * frame_rate is rounded down, but 2.4 * 50 = 119.99999999
 
 def _to_frames(seconds: float, frame_rate: int) -> int:
     return math.floor(seconds * frame_rate + _EPS)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def resolve_window(manifest: Manifest, window: float | None, extend_stride: floa
     if window is None:
         window_frames = min(manifest.generation.max_length, max_frames)
     else:
-        if not _is_real(window) or not 0 < window <= max_seconds + 1e-9:
+        if not is_real(window) or not 0 < window <= max_seconds + 1e-9:
             raise ValueError(
                 f"window must be a number of seconds in (0, {max_seconds:g}] (the model's "
                 f"{manifest.decoder.max_positions} positions), got {window!r}"
@@ -117,7 +116,7 @@ def resolve_window(manifest: Manifest, window: float | None, extend_stride: floa
     if extend_stride is None:
         stride_frames = max(1, _to_frames(window_seconds * DEFAULT_STRIDE_RATIO, fr))
     else:
-        if not _is_real(extend_stride) or not 0 < extend_stride < window_seconds:
+        if not is_real(extend_stride) or not 0 < extend_stride < window_seconds:
             raise ValueError(
                 f"extend_stride must be in (0, {window_seconds:g}) seconds (0 < stride < window), got {extend_stride!r}"
             )
@@ -190,7 +189,7 @@ def plan_generation(
         windows = (Window(0, 0, prompt_frames, total, steps),)
         return GenerationPlan(windows, total, None, window_frames, stride_frames)
 
-    if not _is_real(duration) or duration <= 0:
+    if not is_real(duration) or duration <= 0:
         raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
     if duration > duration_cap + 1e-9:
         raise ValueError(

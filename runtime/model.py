@@ -15,8 +15,9 @@ import onnxruntime as ort
 from .audio import prepare_prompt_audio
 from .decoder_runner import BufferPool, make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
-from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, _is_real, plan_generation
+from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, plan_generation
 from .manifest import Manifest, verify_files
+from .options import SamplingOptions, batch_size, check_texts, resolve_sampling_options
 from .sampler import GraphSampler
 from .sessions import make_session_options, open_decoder_session, open_session, resolve_providers
 from .streaming import AudioChunk, decode_long, stream_chunks
@@ -26,17 +27,6 @@ logger = logging.getLogger("musicgen_onnx")
 
 #: progress(frames_done, frames_total); return False to stop early (the audio made so far is returned).
 ProgressCallback = Callable[[int, int], "bool | None"]
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Resolved and validated sampling settings (None in ``generate`` means the checkpoint's default)."""
-
-    do_sample: bool
-    guidance_scale: float
-    top_k: int
-    top_p: float
-    temperature: float
 
 
 @dataclass
@@ -254,32 +244,15 @@ class MusicGen:
         temperature: float | None = None,
     ) -> SamplingOptions:
         """Fill unset options from the manifest's defaults and check each against its valid range."""
-        d = self.manifest.generation
-        vocab = self.manifest.decoder.vocab_size
-        opts = SamplingOptions(
-            do_sample=d.do_sample if do_sample is None else bool(do_sample),
-            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
-            top_k=d.top_k if top_k is None else top_k,
-            top_p=d.top_p if top_p is None else top_p,
-            temperature=d.temperature if temperature is None else temperature,
+        return resolve_sampling_options(
+            self.manifest.generation,
+            self.manifest.decoder.vocab_size,
+            do_sample=do_sample,
+            guidance_scale=guidance_scale,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
         )
-        if not _is_real(opts.guidance_scale) or opts.guidance_scale < 1:
-            raise ValueError(
-                f"guidance_scale must be a number >= 1 (1 disables classifier-free guidance, "
-                f"3 is MusicGen's default), got {opts.guidance_scale!r}"
-            )
-        explicit_top_k = top_k is not None
-        if (
-            not isinstance(opts.top_k, (int, np.integer))
-            or isinstance(opts.top_k, bool)
-            or ((explicit_top_k or opts.top_k != 0) and not 1 <= opts.top_k <= vocab)
-        ):
-            raise ValueError(f"top_k must be an integer in 1..{vocab}, got {opts.top_k!r}")
-        if not _is_real(opts.top_p) or not 0 < opts.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 disables nucleus sampling), got {opts.top_p!r}")
-        if not _is_real(opts.temperature) or opts.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {opts.temperature!r}")
-        return opts
 
     # ---- stages ------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -342,13 +315,13 @@ class MusicGen:
         extend_stride: float | None = None,
     ) -> CodeGenerator:
         """Validate every argument and plan the windows; nothing runs until the job is iterated."""
-        text_list = _check_texts(texts)
+        text_list = check_texts(texts)
         options = self.resolve_options(do_sample, guidance_scale, top_k, top_p, temperature)
         prompt = None
         if prompt_audio is not None:
             sr = self.sampling_rate if prompt_sample_rate is None else prompt_sample_rate
             prompt = prepare_prompt_audio(prompt_audio, sr, target_sr=self.sampling_rate, channels=self.channels)
-        batch = _batch_size(text_list, prompt)
+        batch = batch_size(text_list, prompt)
         if prompt is not None and prompt.shape[0] != batch:
             prompt = np.repeat(prompt, batch, axis=0) if prompt.shape[0] == 1 else prompt
         prompt_frames = 0 if prompt is None else math.ceil(prompt.shape[-1] / self.manifest.audio.hop_length)
@@ -435,29 +408,3 @@ class MusicGen:
                 feed = state.step_ids(cfg)
         finally:
             runner.release()
-
-
-def _check_texts(texts: str | Sequence[str] | None) -> list[str] | None:
-    if texts is None:
-        return None
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, Sequence) or len(texts) == 0:
-        raise ValueError("texts must be a non-empty list of strings (or None for unconditional generation)")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{i}] must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty; give a description or use texts=None for unconditional")
-    return list(texts)
-
-
-def _batch_size(texts: list[str] | None, prompt: np.ndarray | None) -> int:
-    if texts is None:
-        return 1 if prompt is None else prompt.shape[0]
-    if prompt is not None and prompt.shape[0] not in (1, len(texts)):
-        raise ValueError(
-            f"prompt audio has batch {prompt.shape[0]} but there are {len(texts)} texts: give one prompt "
-            "for all, or one per text"
-        )
-    return len(texts)
