@@ -115,15 +115,13 @@ def _text_bucket(length: int) -> int:
 
 @dataclass
 class _Buffers:
-    """The device tensors of one (rows, cache length, text length) shape, and the step's binding.
+    """The device tensors of one (rows, cache length, text length) shape (the pool's key), and the step's binding.
 
     Everything a single-token step reads or writes lives here at a fixed address: that is what lets
     onnxruntime capture the step once as a CUDA graph and replay it (only the values change).
     """
 
-    rows: int
-    length: int
-    text_len: int
+    length: int  # cache positions
     cache: list[ort.OrtValue]
     cross: list[ort.OrtValue]
     mask: ort.OrtValue
@@ -241,9 +239,7 @@ class StaticDecoderRunner:
             mask_value = _device_value(mask, np.int64, self.device)
         cache = [new([rows, self.num_heads, length, self.head_dim], self.dtype) for _ in self.past_names]
         buffers = _Buffers(
-            rows=rows,
             length=length,
-            text_len=text_len,
             cache=cache,
             cross=cross,
             mask=mask_value,
