@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-logger = logging.getLogger("musicgen_onnx")
 
 #: Graphs whose weights exceed this are stored as ``NAME.onnx`` + ``NAME.onnx.data``: protobuf cannot
 #: hold more than 2 GiB, and onnxruntime maps an external-data file instead of parsing and copying the

@@ -46,18 +46,11 @@ class ConcatDecoderRunner:
         self.num_layers = manifest.decoder.num_layers
         self.num_heads = manifest.decoder.num_heads
         self.head_dim = manifest.decoder.head_dim
-        self.input_names = spec.inputs
         self.output_names = spec.outputs
         n = self.num_layers
         self.cross_names = spec.inputs[2 : 2 + 2 * n]
         self.past_names = spec.inputs[2 + 2 * n :]
-        self.present_names = spec.outputs[1:]
         self._binding: ort.IOBinding | None = None
-        self._past_len = 0
-
-    @property
-    def past_length(self) -> int:
-        return self._past_len
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         """Bind the per-prompt inputs (cross K/V, text mask) once and reset the cache to empty."""
@@ -69,7 +62,6 @@ class ConcatDecoderRunner:
         for name in self.past_names:
             binding.bind_ortvalue_input(name, empty)
         self._binding = binding
-        self._past_len = 0
 
     def release(self) -> None:
         """Drop the cache and per-prompt inputs (they are rebuilt by the next ``start``)."""
@@ -93,7 +85,6 @@ class ConcatDecoderRunner:
         outputs = binding.get_outputs()
         for name, value in zip(self.past_names, outputs[1:], strict=True):
             binding.bind_ortvalue_input(name, value)
-        self._past_len += input_ids.shape[2]
         return outputs[0]
 
 
@@ -190,10 +181,6 @@ class StaticDecoderRunner:
         self._past = 0
         self._step_options: ort.RunOptions | None = None
         self._uncaptured = _run_options(-1) if self.fixed_buffers else None
-
-    @property
-    def past_length(self) -> int:
-        return self._past
 
     def release(self) -> None:
         """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""

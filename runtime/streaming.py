@@ -21,8 +21,7 @@ cannot be measured without them; re-measure with ``measure_receptive_field`` on 
 with the reference's DC offset removed (random decoders output a large one). Measured: tiny export with random
 codebooks 143 dB (124 dB without DC; without any overlap 45 / 25 dB); full-size random-weight EnCodec with random
 codebooks 132 dB (120 dB without DC; without overlap 27-30 / 14-18 dB); full-size stereo-small export, stream vs
-generate of the same codes, 123 / 121 dB (its random-weight codebooks are zeros, so that one only checks the
-LSTM start-up and padding transients).
+generate of the same codes, 123 / 121 dB.
 
 The cost: each decode re-runs ``LEFT_CONTEXT_FRAMES + CROSSFADE_FRAMES + RIGHT_CONTEXT_FRAMES`` extra frames,
 so one-second chunks cost about 1.9x the one-shot decode, small next to generating the frames. Full-size
@@ -49,6 +48,7 @@ __all__ = [
     "ONE_SHOT_DECODE_FRAMES",
     "RIGHT_CONTEXT_FRAMES",
     "AudioChunk",
+    "AudioStream",
     "ReceptiveField",
     "StreamDecoder",
     "decode_long",
@@ -153,13 +153,57 @@ def decode_long(model: MusicGen, codes: np.ndarray, max_frames: int = ONE_SHOT_D
     return np.concatenate(parts, axis=-1)
 
 
+class AudioStream:
+    """The chunk iterator ``MusicGen.stream`` returns; holds decoder buffers until it ends or is closed.
+
+    A stream that is not iterated to the end keeps its decoder state (and, on CUDA, the pooled buffers
+    its captured graph replays into) until it is closed. Close it explicitly, or use it as a context
+    manager, when stopping early::
+
+        with model.stream("ambient", duration=20) as chunks:
+            for chunk in chunks:
+                if enough(chunk):
+                    break          # leaving the block releases the buffers at once
+    """
+
+    def __init__(self, chunks: Iterator[AudioChunk]) -> None:
+        self._chunks = chunks
+        self.closed = False
+
+    def __iter__(self) -> AudioStream:
+        return self
+
+    def __next__(self) -> AudioChunk:
+        if self.closed:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.closed = True
+            raise
+
+    def close(self) -> None:
+        """Stop generating and release the decoder buffers now; later iteration yields nothing."""
+        if not self.closed:
+            self.closed = True
+            self._chunks.close()
+
+    cancel = close
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def stream_chunks(
     model: MusicGen,
     job: CodeGenerator,
     *,
     chunk_seconds: float = 1.0,
     progress: Callable[[int, int], bool | None] | None = None,
-) -> Iterator[AudioChunk]:
+) -> AudioStream:
     """Run ``job`` and yield audio chunks of at least ``chunk_seconds`` as soon as their frames are final.
 
     Validation happens here, before the returned iterator starts generating. With a duration the chunks add
@@ -177,7 +221,7 @@ def stream_chunks(
         raise ValueError(
             f"chunk_seconds must be at least one frame ({1 / fr:g} s at {fr} frames/s), got {chunk_seconds!r}"
         )
-    return _stream(model, job, chunk_frames, progress)
+    return AudioStream(_stream(model, job, chunk_frames, progress))
 
 
 def _stream(model: MusicGen, job: CodeGenerator, chunk_frames: int, progress) -> Iterator[AudioChunk]:
@@ -194,9 +238,13 @@ def _stream(model: MusicGen, job: CodeGenerator, chunk_frames: int, progress) ->
         sent += audio.shape[-1]
         return out
 
-    for ready in job.run(progress):
-        if not job.finished and dec.available(ready) >= chunk_frames:
-            yield chunk(dec.step(job.buffer, ready), final=False)
+    steps = job.run(progress)
+    try:
+        for ready in steps:
+            if not job.finished and dec.available(ready) >= chunk_frames:
+                yield chunk(dec.step(job.buffer, ready), final=False)
+    finally:
+        steps.close()  # closed early: the decoder loop releases its buffers now, not at garbage collection
     yield chunk(dec.step(job.buffer, job.frames_ready, final=True), final=True)
 
 
