@@ -62,8 +62,8 @@ def export_module(
 ) -> list[str]:
     """Trace ``module`` with the TorchScript exporter; return the external-data file names written.
 
-    The TorchScript exporter (dynamo=False) is used for every graph: DESIGN.md §4 found the dynamo
-    exporter freezes EnCodec's lengths.
+    The TorchScript exporter (dynamo=False) is used for every graph: the dynamo exporter freezes
+    EnCodec's lengths (docs/design.md §15).
     """
     import shutil
 

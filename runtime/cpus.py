@@ -2,7 +2,7 @@
 
 onnxruntime sizes its intra-op pool by the host's cores. In a pod limited to 2 CPUs on a 64-core host that is
 64 spinning threads fighting over 2 CPUs' worth of time slices, and every decoder step waits for the slowest
-of them. The runtime's default ``threads`` is the number computed here (docs/design.md, "CPU threads").
+of them. The runtime's default ``threads`` is the number computed here (docs/design.md §11).
 """
 
 from __future__ import annotations

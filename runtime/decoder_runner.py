@@ -77,7 +77,7 @@ class ConcatDecoderRunner:
         if binding is None:
             raise RuntimeError("DecoderRunner.step called before start()")
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
-        # Output shapes change every step, so outputs are re-declared each time (DESIGN.md §5).
+        # Output shapes change every step, so outputs are re-declared each time (docs/design.md §6).
         binding.clear_binding_outputs()
         for name in self.output_names:
             binding.bind_output(name, self.device)
@@ -135,7 +135,7 @@ class StaticDecoderRunner:
     """Preallocated cache of the generation's full length, updated in place by the graph.
 
     Each ``past_key.i`` buffer is bound as both the input and the ``present_key.i`` output, so
-    onnxruntime writes only the new rows (DESIGN.md §5). All inputs and outputs are OrtValues on the
+    onnxruntime writes only the new rows (docs/design.md §6). All inputs and outputs are OrtValues on the
     session's device, bound once per generation: a single-token step costs one ``run_with_iobinding``
     plus two tiny host copies in place (token ids, position) and the logits out.
     Call ``release`` when the generation ends.

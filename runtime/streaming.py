@@ -1,32 +1,12 @@
 """Streaming: EnCodec decodes the final code frames incrementally, over overlapping windows with a cross-fade.
 
-EnCodec's decoder (32 kHz, non-causal convolutions + a 2-layer unidirectional LSTM) is not frame-local:
-
-- **right context** (later codes an output frame depends on) comes from the convolutions only, so it is finite:
-  the first k=7 conv at the frame rate (3 frames) plus the upsampling stack (about one more frame). Measured by
-  perturbing one code frame (``measure_receptive_field``): outputs up to **4 frames before** it change, on the
-  tiny test export and on the full-size random-weight EnCodec alike, at any threshold down to 1e-6.
-- **left context** comes from the LSTM: infinite in principle, decaying in practice. The change from a perturbed
-  frame falls below 1e-4 (relative to the clip's RMS) after 10 frames (tiny) / 15 frames (full size, random
-  weights), below 1e-5 after 15 / 21, below 1e-6 after 27 (full size).
-
-So a chunk holds back ``RIGHT_CONTEXT_FRAMES`` (4 + 1 margin) frames until their right context exists, and every
-decode starts ``LEFT_CONTEXT_FRAMES`` (32) frames before the first frame it emits; the first
-``CROSSFADE_FRAMES`` (8) frames it emits are cross-faded (linear) with the previous decode's tail, which had full
-context. The new decode's LSTM-start error is faded in from weight 0, and after the fade it has 40 frames of
-context: about twice what the measurement asks for at 1e-5, as a margin for trained weights (whose LSTM memory
-cannot be measured without them; re-measure with ``measure_receptive_field`` on a real export).
-
-**Bound** (tested): the concatenated chunks equal the one-shot decode of the same codes with SNR >= 40 dB, also
-with the reference's DC offset removed (random decoders output a large one). Measured: tiny export with random
-codebooks 143 dB (124 dB without DC; without any overlap 45 / 25 dB); full-size random-weight EnCodec with random
-codebooks 132 dB (120 dB without DC; without overlap 27-30 / 14-18 dB); full-size stereo-small export, stream vs
-generate of the same codes, 123 / 121 dB.
-
-The cost: each decode re-runs ``LEFT_CONTEXT_FRAMES + CROSSFADE_FRAMES + RIGHT_CONTEXT_FRAMES`` extra frames,
-so one-second chunks cost about 1.9x the one-shot decode, small next to generating the frames. Full-size
-stereo-small fp32 on 2 CPU cores, 6 s clip: first audio after 3.7 s with 1 s chunks (2.0 s with 0.5 s chunks);
-the whole stream took 16.6 s (17.6 s) against 15.9 s for ``generate``.
+EnCodec's decoder is not frame-local: later codes reach a few frames back through the convolutions (finite
+right context), and earlier codes reach forward through the LSTM (left context, decaying). So a chunk holds
+back ``RIGHT_CONTEXT_FRAMES`` frames until their right context exists, every decode starts
+``LEFT_CONTEXT_FRAMES`` frames before the first frame it emits, and the first ``CROSSFADE_FRAMES`` frames it
+emits are cross-faded (linear) with the previous decode's tail, which had full context. The sizes come from
+``measure_receptive_field`` with a margin; the measurements, the tested bound (the concatenated chunks equal
+the one-shot decode of the same codes with SNR >= 40 dB) and the cost are in docs/design.md §10.
 """
 
 from __future__ import annotations
