@@ -173,7 +173,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "dtype": model.manifest.precision,
         "providers": model.providers,
         "cuda_graph": model.cuda_graph,
-        "device_sampling": model._sampler is not None,
+        "device_sampling": model.device_sampling,
         "load_s": load_s,
         "max_new_tokens": n,
         "frames": int(res.codes.shape[-1]),

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 from musicgen_onnx.runtime import MusicGen
-from musicgen_onnx.runtime.decoder_runner import make_runner
 from musicgen_onnx.runtime.generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens
 
 
@@ -27,11 +26,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _start(model: MusicGen, text: str, max_length: int):
-    cross, mask = model._condition([text], 1)
-    cross = [np.concatenate([kv, np.zeros_like(kv)]) for kv in cross]  # CFG: cond rows, then uncond
-    mask = np.concatenate([mask, np.zeros_like(mask)])
-    runner = make_runner(model._decoder, model.manifest, model.device)
-    runner.start(cross, mask, max_length=max_length)
+    runner = model.engine.decoder_runner()
+    runner.start(*model.engine.condition([text], 1).with_cfg(), max_length=max_length)
     return runner
 
 

@@ -182,6 +182,11 @@ class StaticDecoderRunner:
         self._step_options: ort.RunOptions | None = None
         self._uncaptured = _run_options(-1) if self.fixed_buffers else None
 
+    @property
+    def buffers(self) -> _Buffers | None:
+        """The buffer set this generation runs on (None before ``start`` and after ``release``)."""
+        return self._buffers
+
     def release(self) -> None:
         """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""
         if self._buffers is not None:

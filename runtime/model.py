@@ -5,29 +5,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .audio import prepare_prompt_audio
-from .decoder_runner import BufferPool, make_runner
-from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
-from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, plan_generation
-from .manifest import Manifest, verify_files
+from .engine import Engine
+from .job import CodeGenerator, GenerationRequest
+from .manifest import Manifest
 from .options import SamplingOptions, batch_size, check_seed, check_texts, resolve_sampling_options
-from .sampler import GraphSampler
-from .sessions import (
-    check_session_providers,
-    make_session_options,
-    open_decoder_session,
-    open_session,
-    resolve_providers,
-)
+from .plan import DEFAULT_DURATION_CAP, GenerationPlan, Window, plan_generation
 from .streaming import AudioStream, decode_long, stream_chunks
-from .tokenizer import TextTokenizer
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -46,6 +36,9 @@ class GenerationResult:
     step_times: list[float] = field(default_factory=list)
     stopped_early: bool = False
     windows: list[Window] = field(default_factory=list)  # the generate calls made (one unless long-form)
+    options: SamplingOptions | None = None  # the sampling options as resolved against the checkpoint's defaults
+    seed: int | None = None
+    plan: GenerationPlan | None = None
 
 
 class MusicGen:
@@ -58,52 +51,10 @@ class MusicGen:
     #: Longest ``duration`` (seconds) generate / stream accept; long-form makes any length, this is a guard.
     duration_cap: float = DEFAULT_DURATION_CAP
 
-    def __init__(
-        self,
-        model_dir: Path,
-        manifest: Manifest,
-        providers: list[str],
-        options: ort.SessionOptions,
-        text_encoder: ort.InferenceSession,
-        cuda_graph: bool = False,
-        device_sampling: bool = False,
-    ) -> None:
-        """Use ``MusicGen.load``; this takes the already checked providers and the probed text encoder."""
-        self.model_dir = model_dir
-        self.manifest = manifest
-        self.providers = providers
-        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        self._options = options
-        graphs = manifest.graphs
-        self._text_encoder = text_encoder
-        self._cross_kv = self._open(graphs["cross_kv"].file)
-        self._decoder, self.cuda_graph = open_decoder_session(
-            model_dir / graphs["decoder"].file, providers, self._options, cuda_graph
-        )
-        check_session_providers(self._decoder, providers, "cuda")
-        #: fixed decoder buffers kept between generations: the captured CUDA graphs point at them
-        self._buffer_pool: BufferPool | None = {} if self.cuda_graph else None
-        self._sampler: ort.InferenceSession | None = None
-        if device_sampling:
-            self._sampler = self._open(graphs["sampler"].file)
-        self._codec_decoder = self._open(graphs["encodec_decode"].file)
-        self._codec_encoder = None  # opened on first audio prompt: most users never need it
-        self.tokenizer = TextTokenizer(
-            model_dir / manifest.text.tokenizer_file, manifest.text.pad_token_id, manifest.text.max_tokens
-        )
+    def __init__(self, engine: Engine) -> None:
+        """Use ``MusicGen.load``."""
+        self.engine = engine
 
-    def _open(self, file: str) -> ort.InferenceSession:
-        """A session on this model's providers; one that silently lost CUDA is an error (the probe had it)."""
-        session = open_session(self.model_dir / file, self.providers, self._options)
-        check_session_providers(session, self.providers, "cuda")
-        return session
-
-    @property
-    def device_sampling(self) -> bool:
-        """Whether tokens are selected by the exported sampler graph (on the device) rather than in numpy."""
-        return self._sampler is not None
-
-    # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def load(
         cls,
@@ -114,6 +65,7 @@ class MusicGen:
         cuda_graph: bool | None = None,
         device_sampling: bool | None = None,
         allow_spinning: bool | None = None,
+        fixed_buffers: bool | None = None,
     ) -> MusicGen:
         """Open an export directory. ``provider``: "auto" (CUDA when it starts, else the CPU), "cuda" or "cpu".
 
@@ -126,63 +78,51 @@ class MusicGen:
         ``verify`` checks every file against the manifest's sha256 first, so a truncated copy fails
         here with a message rather than inside onnxruntime. ``cuda_graph`` captures the decoder step
         as a CUDA graph and replays it (None: whenever the model runs on CUDA and its export supports
-        it, i.e. ``manifest.decoder.cuda_graph``: an fp16 static-cache export). ``device_sampling``
-        selects tokens with the exported sampler graph where the logits are, instead of copying them
-        to numpy (None: on CUDA when the export has the graph; on the CPU numpy is as fast).
+        it, i.e. ``manifest.decoder.cuda_graph``: an fp16 static-cache export). ``fixed_buffers`` keeps
+        the decoder buffers at bucketed shapes between generations, which capture needs (None: with CUDA
+        graphs; True runs the same logic without them). ``device_sampling`` selects tokens with the
+        exported sampler graph where the logits are, instead of copying them to numpy (None: on CUDA
+        when the export has the graph; on the CPU numpy is as fast).
         """
-        model_dir = Path(model_dir).expanduser()
-        manifest = Manifest.load(model_dir)
-        providers = resolve_providers(provider)
-        options = make_session_options(threads, allow_spinning)
-        if verify:
-            verify_files(model_dir, manifest, ("text_encoder",))
-        # the smallest always-needed graph doubles as the probe of which provider onnxruntime really starts
-        text_encoder = open_session(model_dir / manifest.graphs["text_encoder"].file, providers, options)
-        checked = check_session_providers(text_encoder, providers, provider)
-        if checked != providers:
-            logger.warning(
-                "onnxruntime lists the CUDA execution provider but could not start it (no usable GPU, or missing "
-                "CUDA / cuDNN libraries): running on the CPU; pass provider='cpu' to skip the attempt"
-            )
-            providers = checked
-            text_encoder = open_session(model_dir / manifest.graphs["text_encoder"].file, providers, options)
-        on_cuda = providers[0] == "CUDAExecutionProvider"
-        if cuda_graph is None:
-            cuda_graph = on_cuda and manifest.decoder.cuda_graph
-        elif cuda_graph and not on_cuda:
-            raise ValueError("cuda_graph=True needs the CUDA execution provider (provider='cuda' or 'auto' on a GPU)")
-        elif cuda_graph and not manifest.decoder.cuda_graph:
-            raise ValueError(
-                f"{model_dir} cannot run as a CUDA graph (precision {manifest.precision}, "
-                f"{manifest.decoder.kv_cache} KV cache): re-export with --precision fp16 --kv-cache static"
-            )
-        has_sampler = "sampler" in manifest.graphs
-        if device_sampling is None:
-            device_sampling = on_cuda and has_sampler
-        elif device_sampling and not has_sampler:
-            raise ValueError(
-                f"device_sampling=True needs the sampler graph, which {model_dir} lacks (exported by an older "
-                "musicgen-onnx); re-export it, or use device_sampling=False"
-            )
-        if verify:
-            skip = ("text_encoder", "encodec_encode") + (() if device_sampling else ("sampler",))
-            verify_files(model_dir, manifest, tuple(r for r in manifest.graphs if r not in skip))
-        model = cls(model_dir, manifest, providers, options, text_encoder, bool(cuda_graph), bool(device_sampling))
-        logger.info(
-            "loaded %s (%s) with %s%s",
-            model_dir,
-            manifest.source,
-            providers[0],
-            " + CUDA graphs" if model.cuda_graph else "",
-        )
-        if model.device == "cuda" and manifest.decoder.kv_cache == "static" and manifest.precision != "fp16":
-            logger.warning(
-                "%s has a %s static-cache decoder: onnxruntime's CUDA GroupQueryAttention runs fp16 only, so "
-                "attention falls back to the CPU each step; export with --precision fp16 for GPUs",
+        return cls(
+            Engine.open(
                 model_dir,
-                manifest.precision,
+                provider=provider,
+                threads=threads,
+                verify=verify,
+                cuda_graph=cuda_graph,
+                device_sampling=device_sampling,
+                allow_spinning=allow_spinning,
+                fixed_buffers=fixed_buffers,
             )
-        return model
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.engine.manifest
+
+    @property
+    def model_dir(self) -> Path:
+        return self.engine.model_dir
+
+    @property
+    def providers(self) -> list[str]:
+        return self.engine.providers
+
+    @property
+    def device(self) -> str:
+        """ "cuda" or "cpu": where the sessions really run (see ``load``)."""
+        return self.engine.device
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether the decoder step is captured as a CUDA graph."""
+        return self.engine.cuda_graph
+
+    @property
+    def device_sampling(self) -> bool:
+        """Whether tokens are selected by the exported sampler graph (on the device) rather than in numpy."""
+        return self.engine.device_sampling
 
     @property
     def sampling_rate(self) -> int:
@@ -225,14 +165,14 @@ class MusicGen:
         ``duration`` (seconds, prompt included) is the user-facing alternative and trims the audio to
         exactly that length. With neither, the checkpoint's ``max_length`` applies (30 s for the hub's).
         A ``duration`` longer than ``window`` (default 30 s, audiocraft's max_duration) is generated by
-        overlapping windows advancing by ``extend_stride`` (default 18 s), see ``longform``; at most
+        overlapping windows advancing by ``extend_stride`` (default 18 s), see ``plan``; at most
         ``duration_cap`` seconds. ``prompt_audio`` ([B, C, L] or [C, L] at ``prompt_sample_rate``) is
         continued; the returned audio starts with the (re-synthesised) prompt, as transformers returns it.
         ``progress(frames_done, frames_total)`` is called after every step; returning False stops and the
         audio made so far is returned (``stopped_early``).
         """
         t_start = time.perf_counter()
-        job = self._job(
+        request = self.request(
             texts,
             duration=duration,
             max_new_tokens=max_new_tokens,
@@ -247,16 +187,27 @@ class MusicGen:
             window=window,
             extend_stride=extend_stride,
         )
+        job = self.job(request)
         codes = job.run_to_end(progress)
         timings = job.stage_timings()
         t0 = time.perf_counter()
-        audio = decode_long(self, codes)
+        audio = decode_long(self.engine, codes)
         timings["audio_decode"] = time.perf_counter() - t0
         if job.plan.total_samples is not None and not job.stopped:
             audio = audio[..., : job.plan.total_samples]
         timings["total"] = time.perf_counter() - t_start
-        windows = list(job.plan.windows)
-        return GenerationResult(audio, codes, self.sampling_rate, timings, job.step_times, job.stopped, windows)
+        return GenerationResult(
+            audio,
+            codes,
+            self.sampling_rate,
+            timings,
+            job.step_times,
+            job.stopped,
+            list(request.plan.windows),
+            request.options,
+            request.seed,
+            request.plan,
+        )
 
     def stream(
         self,
@@ -274,8 +225,8 @@ class MusicGen:
         A stream abandoned before its end holds its decoder buffers until ``close()``: use it as a context
         manager (``with model.stream(...) as chunks:``) or close it when stopping early.
         """
-        job = self._job(texts, **kwargs)
-        return stream_chunks(self, job, chunk_seconds=chunk_seconds, progress=progress)
+        job = self.job(self.request(texts, **kwargs))
+        return stream_chunks(self.engine, job, chunk_seconds=chunk_seconds, progress=progress)
 
     def resolve_options(
         self,
@@ -299,47 +250,18 @@ class MusicGen:
     # ---- stages ------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Text -> (encoder_hidden_states [B, T, H_dec], attention_mask [B, T])."""
-        ids, mask = self.tokenizer(texts)
-        (states,) = self._text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
-        return states, mask
+        return self.engine.encode_text(texts)
 
     def encode_audio(self, audio: np.ndarray) -> np.ndarray:
         """Audio [B, channels, L] at the model's rate -> codes [B, K, ceil(L / hop)] (channels interleaved)."""
-        if self._codec_encoder is None:
-            spec = self.manifest.graphs.get("encodec_encode")
-            if spec is None:
-                raise ValueError(
-                    f"{self.model_dir} was exported without the EnCodec encoder (--no-audio-encoder); "
-                    "re-export it to use audio prompts"
-                )
-            verify_files(self.model_dir, self.manifest, ("encodec_encode",))
-            self._codec_encoder = self._open(spec.file)
-        batch, channels, length = audio.shape
-        mono = np.ascontiguousarray(audio.transpose(1, 0, 2).reshape(channels * batch, 1, length), np.float32)
-        (codes,) = self._codec_encoder.run(None, {"audio_values": mono})
-        per_channel = codes.reshape(channels, batch, codes.shape[1], codes.shape[2])
-        out = np.empty((batch, channels * codes.shape[1], codes.shape[2]), dtype=np.int64)
-        for c in range(channels):
-            out[:, c::channels] = per_channel[c]
-        return out
+        return self.engine.encode_audio(audio)
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Codes [B, K, F] -> audio [B, channels, hop * F]; stereo = left (even rows) + right (odd rows).
+        """Codes [B, K, F] -> audio [B, channels, hop * F]; stereo = left (even rows) + right (odd rows)."""
+        return self.engine.decode_codes(codes)
 
-        One EnCodec call per clip and channel: the decoder's activations (tens of MB per second of
-        audio) would otherwise set the process's peak memory; the arithmetic is the same.
-        """
-        parts = split_channels(np.asarray(codes, dtype=np.int64), self.channels)
-        batch, frames = codes.shape[0], codes.shape[-1]
-        audio = np.empty((batch, len(parts), self.manifest.audio.hop_length * frames), np.float32)
-        for c, part in enumerate(parts):
-            for b in range(batch):
-                (out,) = self._codec_decoder.run(None, {"audio_codes": np.ascontiguousarray(part[b : b + 1])})
-                audio[b, c] = out[0, 0]
-        return audio
-
-    # ---- internals ---------------------------------------------------------------------------------
-    def _job(
+    # ---- requests ----------------------------------------------------------------------------------
+    def request(
         self,
         texts: str | Sequence[str] | None = None,
         *,
@@ -355,8 +277,8 @@ class MusicGen:
         prompt_sample_rate: int | None = None,
         window: float | None = None,
         extend_stride: float | None = None,
-    ) -> CodeGenerator:
-        """Validate every argument and plan the windows; nothing runs until the job is iterated."""
+    ) -> GenerationRequest:
+        """Validate every argument (``generate_detailed``'s) and plan the windows; nothing runs here."""
         text_list = check_texts(texts)
         seed = check_seed(seed)
         options = self.resolve_options(do_sample, guidance_scale, top_k, top_p, temperature)
@@ -379,75 +301,9 @@ class MusicGen:
         )
         if text_list is None and options.guidance_scale > 1:
             options = replace(options, guidance_scale=1.0)  # unconditional: CFG would be a no-op
-        return CodeGenerator(self, text_list, prompt, batch, plan, options, np.random.default_rng(seed))
+        texts_tuple = None if text_list is None else tuple(text_list)
+        return GenerationRequest(texts_tuple, batch, options, seed, plan, prompt)
 
-    def _condition(self, texts: list[str] | None, batch: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Cross-attention K/V and text mask for the conditional batch (unconditional: zeros, T = 1)."""
-        d = self.manifest.decoder
-        if texts is None:
-            zeros = np.zeros((batch, d.num_heads, 1, d.head_dim), np.float32)
-            return [zeros] * (2 * d.num_layers), np.zeros((batch, 1), np.int64)
-        states, mask = self.encode_text(texts)
-        return self._cross_kv.run(None, {"encoder_hidden_states": states}), mask
-
-    def _window_steps(
-        self,
-        cross_kv: list[np.ndarray],
-        text_mask: np.ndarray,
-        prompt_codes: np.ndarray | None,
-        batch: int,
-        steps: int,
-        options: SamplingOptions,
-        cfg: bool,
-        rng: np.random.Generator,
-        step_times: list[float],
-    ) -> Iterator[DelayPatternState]:
-        """The delay-pattern loop of one generate call: prefill, then one decoder call per step, CFG and
-        sampling in numpy (or in the sampler graph, on the device). Yields the state after every sampled
-        column (the last one has ``done``)."""
-        d = self.manifest.decoder
-        prompt_len = 0 if prompt_codes is None else prompt_codes.shape[-1]
-        ids, pattern = build_delay_pattern(
-            prompt_codes,
-            batch_size=batch,
-            num_codebooks=d.num_codebooks,
-            channels=self.channels,
-            max_length=1 + prompt_len + steps,
-            pad_token_id=d.pad_token_id,
-        )
-        state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.channels)
-        if cfg:  # unconditional half: zero K/V and an all-zero text mask, exactly as transformers builds it
-            cross_kv = [np.concatenate([kv, np.zeros_like(kv)], axis=0) for kv in cross_kv]
-            text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
-        runner = make_runner(self._decoder, self.manifest, self.device, self._buffer_pool)
-        runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
-        sampler = None
-        if self._sampler is not None:
-            sampler = GraphSampler(self._sampler, d.vocab_size, d.num_codebooks, self.device)
-            scale = options.guidance_scale if cfg else 1.0
-            sampler.start(batch, scale, options.temperature, options.top_k, options.top_p, options.do_sample)
-        feed = state.prefill_ids(cfg)  # a view of the state without CFG: runners never keep what they are fed
-        try:
-            while True:
-                t0 = time.perf_counter()
-                if sampler is not None:
-                    tokens = sampler.sample(runner.run(feed), rng)
-                else:
-                    logits = runner.step(feed)
-                    scores = process_logits(
-                        logits.reshape(-1, logits.shape[-1]),
-                        guidance_scale=options.guidance_scale if cfg else None,
-                        do_sample=options.do_sample,
-                        temperature=options.temperature,
-                        top_k=options.top_k or None,
-                        top_p=options.top_p,
-                    )
-                    tokens = select_tokens(scores, do_sample=options.do_sample, rng=rng)
-                state.write(tokens)
-                step_times.append(time.perf_counter() - t0)
-                yield state
-                if state.done:
-                    return
-                feed = state.step_ids(cfg)
-        finally:
-            runner.release()
+    def job(self, request: GenerationRequest) -> CodeGenerator:
+        """The job that generates ``request``'s codes when iterated (``run`` / ``run_to_end``)."""
+        return CodeGenerator(self.engine, request)

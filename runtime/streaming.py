@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .longform import CodeGenerator
-    from .model import MusicGen
+from .engine import Engine
+from .job import CodeGenerator
 
 __all__ = [
     "CROSSFADE_FRAMES",
@@ -119,15 +117,15 @@ class StreamDecoder:
         return piece
 
 
-def decode_long(model: MusicGen, codes: np.ndarray, max_frames: int = ONE_SHOT_DECODE_FRAMES) -> np.ndarray:
-    """``model.decode_codes`` for any length: one call up to ``max_frames`` (exactly what transformers does),
+def decode_long(engine: Engine, codes: np.ndarray, max_frames: int = ONE_SHOT_DECODE_FRAMES) -> np.ndarray:
+    """``engine.decode_codes`` for any length: one call up to ``max_frames`` (exactly what transformers does),
     overlapping pieces (the streaming decoder, same bound) beyond, to keep memory flat for long-form clips."""
     frames = codes.shape[-1]
     if frames == 0:  # stopped before the first frame
-        return np.zeros((codes.shape[0], model.channels, 0), np.float32)
+        return np.zeros((codes.shape[0], engine.channels, 0), np.float32)
     if frames <= max_frames:
-        return model.decode_codes(codes)
-    dec = StreamDecoder(model.decode_codes, model.manifest.audio.hop_length, model.channels)
+        return engine.decode_codes(codes)
+    dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
     parts = [dec.step(codes, ready) for ready in range(max_frames, frames, max_frames)]
     parts.append(dec.step(codes, frames, final=True))
     return np.concatenate(parts, axis=-1)
@@ -178,7 +176,7 @@ class AudioStream:
 
 
 def stream_chunks(
-    model: MusicGen,
+    engine: Engine,
     job: CodeGenerator,
     *,
     chunk_seconds: float = 1.0,
@@ -189,7 +187,7 @@ def stream_chunks(
     Validation happens here, before the returned iterator starts generating. With a duration the chunks add
     up to exactly that many samples; when ``progress`` stops generation the final chunk ends the audio made.
     """
-    fr = model.frame_rate
+    fr = engine.manifest.audio.frame_rate
     if (
         isinstance(chunk_seconds, bool)
         or not isinstance(chunk_seconds, (int, float))
@@ -201,12 +199,12 @@ def stream_chunks(
         raise ValueError(
             f"chunk_seconds must be at least one frame ({1 / fr:g} s at {fr} frames/s), got {chunk_seconds!r}"
         )
-    return AudioStream(_stream(model, job, chunk_frames, progress))
+    return AudioStream(_stream(engine, job, chunk_frames, progress))
 
 
-def _stream(model: MusicGen, job: CodeGenerator, chunk_frames: int, progress) -> Iterator[AudioChunk]:
-    sr = model.sampling_rate
-    dec = StreamDecoder(model.decode_codes, model.manifest.audio.hop_length, model.channels)
+def _stream(engine: Engine, job: CodeGenerator, chunk_frames: int, progress) -> Iterator[AudioChunk]:
+    sr = engine.manifest.audio.sampling_rate
+    dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
     total_samples = job.plan.total_samples
     sent = 0
 
@@ -237,18 +235,18 @@ class ReceptiveField:
     eps: float
 
 
-def measure_receptive_field(model: MusicGen, *, frames: int = 160, eps: float = 1e-4, seed: int = 0) -> ReceptiveField:
+def measure_receptive_field(engine: Engine, *, frames: int = 160, eps: float = 1e-4, seed: int = 0) -> ReceptiveField:
     """Perturb one code frame of random codes and see how far the decoded audio changes by more than
     ``eps`` x the clip's RMS (per output frame, max over samples and channels)."""
     rng = np.random.default_rng(seed)
-    d = model.manifest
+    d = engine.manifest
     codes = rng.integers(0, d.audio.codec_vocab_size, (1, d.decoder.num_codebooks, frames))
-    base = model.decode_codes(codes)
+    base = engine.decode_codes(codes)
     j = frames // 2
     changed = codes.copy()
     changed[..., j] = (changed[..., j] + d.audio.codec_vocab_size // 2) % d.audio.codec_vocab_size
     hop = d.audio.hop_length
-    diff = np.abs(model.decode_codes(changed) - base).max(axis=(0, 1)).reshape(-1, hop).max(axis=1)
+    diff = np.abs(engine.decode_codes(changed) - base).max(axis=(0, 1)).reshape(-1, hop).max(axis=1)
     hit = np.nonzero(diff > eps * np.sqrt(np.mean(base.astype(np.float64) ** 2)))[0]
     if hit.size == 0:
         return ReceptiveField(0, 0, eps)

@@ -114,7 +114,7 @@ def _prompt(manifest, rows, text_len, rng):
 
 def test_fixed_buffer_runner_matches_plain_runner(exported_stereo):
     model = MusicGen.load(exported_stereo, provider="cpu")
-    manifest, session = model.manifest, model._decoder
+    manifest, session = model.manifest, model.engine.decoder
     d = manifest.decoder
     rng = np.random.default_rng(0)
     pool = {}
@@ -140,49 +140,47 @@ def test_fixed_buffers_are_reused_and_never_shared(exported_stereo):
     rng = np.random.default_rng(1)
     pool = {}
     cross, mask = _prompt(model.manifest, 2, 4, rng)
-    first = StaticDecoderRunner(model._decoder, model.manifest, pool=pool)
+    first = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
     first.start(cross, mask, max_length=40)
-    kept = first._buffers
-    second = StaticDecoderRunner(model._decoder, model.manifest, pool=pool)
+    kept = first.buffers
+    second = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
     second.start(cross, mask, max_length=40)  # same shape while the first is running: a private set
-    assert second._buffers is not kept and second._buffers.graph_id == -1
+    assert second.buffers is not kept and second.buffers.graph_id == -1
     first.release()
     second.release()
-    third = StaticDecoderRunner(model._decoder, model.manifest, pool=pool)
+    third = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
     third.start(cross, mask, max_length=200)
-    assert third._buffers is kept  # same bucket again: the captured graph's addresses stay valid
+    assert third.buffers is kept  # same bucket again: the captured graph's addresses stay valid
     third.release()
     for rows in range(3, 3 + MAX_BUFFER_SETS):
-        runner = StaticDecoderRunner(model._decoder, model.manifest, pool=pool)
+        runner = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
         runner.start(*_prompt(model.manifest, rows, 4, rng), max_length=10)
         runner.release()
-    assert len(pool) == MAX_BUFFER_SETS and runner._buffers is None
+    assert len(pool) == MAX_BUFFER_SETS and runner.buffers is None
 
 
 def test_generation_with_fixed_buffers_equals_plain(exported_stereo):
     plain = MusicGen.load(exported_stereo, provider="cpu")
-    fixed = MusicGen.load(exported_stereo, provider="cpu")
-    fixed._buffer_pool = {}  # what cuda_graph=True sets up on a GPU
+    fixed = MusicGen.load(exported_stereo, provider="cpu", fixed_buffers=True)  # what cuda_graph=True sets up
     kwargs = dict(max_new_tokens=30, do_sample=False, guidance_scale=3.0)
     texts = ["an upbeat rock song", "calm piano with a slow melody"]
     reference = plain.generate_detailed(texts, **kwargs).codes
     for _ in range(2):  # the second run replays on the same buffers
         np.testing.assert_array_equal(fixed.generate_detailed(texts, **kwargs).codes, reference)
-    assert len(fixed._buffer_pool) == 1
+    assert len(fixed.engine.buffer_sets()) == 1
 
 
 def test_cuda_graph_option_errors(exported_stereo):
     with pytest.raises(ValueError, match="cuda_graph=True needs the CUDA execution provider"):
         MusicGen.load(exported_stereo, provider="cpu", cuda_graph=True)
     model = MusicGen.load(exported_stereo, provider="cpu", cuda_graph=False)
-    assert not model.cuda_graph and model._buffer_pool is None
+    assert not model.cuda_graph and model.engine.buffer_sets() == []
 
 
 def test_fp16_export_runs_the_gpu_configuration_on_cpu(exported_fp16):
     """fp16 cache and logits, fixed buffers and the sampler graph together: what a GPU runs."""
     host = MusicGen.load(exported_fp16, provider="cpu")
-    gpu_like = MusicGen.load(exported_fp16, provider="cpu", device_sampling=True)
-    gpu_like._buffer_pool = {}
+    gpu_like = MusicGen.load(exported_fp16, provider="cpu", device_sampling=True, fixed_buffers=True)
     kwargs = dict(max_new_tokens=25, do_sample=True, top_k=50, guidance_scale=3.0, seed=2)
     expected = host.generate_detailed(["warm synth pads"], **kwargs).codes
     np.testing.assert_array_equal(gpu_like.generate_detailed(["warm synth pads"], **kwargs).codes, expected)

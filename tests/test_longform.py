@@ -2,7 +2,7 @@
 
 The reference below is audiocraft's ``generate_tokens`` loop (audiocraft/models/genmodel.py) rewritten in
 numpy, in seconds as audiocraft writes it; each of its ``lm.generate`` calls is one call of the runtime's
-single-window loop (``_window_steps``, held to transformers by tests/test_runtime_parity.py), and one of them
+single-window loop (``Engine.window_steps``, held to transformers by tests/test_runtime_parity.py), and one of them
 is also checked against transformers' own generate with the prompt codes as ``decoder_input_ids``.
 """
 
@@ -13,7 +13,7 @@ from unittest import mock
 import numpy as np
 import pytest
 from musicgen_onnx.runtime import MusicGen
-from musicgen_onnx.runtime.longform import plan_windows
+from musicgen_onnx.runtime.plan import plan_windows
 
 SR, FR, HOP, C = 32000, 50, 640, 4
 WINDOW, STRIDE = 4.0, 2.4  # short windows keep the tiny model fast (its 512 positions allow 10.16 s)
@@ -34,15 +34,14 @@ def audiocraft_reference(model, texts, duration, *, max_duration, extend_stride,
     """audiocraft's windowing, written independently; returns (codes, [(offset, prompt codes), ...])."""
     batch = 1 if texts is None else len(texts)
     options = model.resolve_options(do_sample=False)
-    cross_kv, mask = model._condition(texts, batch)
-    cfg = texts is not None and options.guidance_scale > 1
+    conditioning = model.engine.condition(texts, batch)
     rng = np.random.default_rng(seed)
     frame_rate = model.frame_rate
 
     def lm_generate(prompt_tokens, max_gen_len):  # audiocraft: returns max_gen_len frames, prompt included
         p = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
         steps = max_gen_len - p + C - 1
-        *_, state = model._window_steps(cross_kv, mask, prompt_tokens, batch, steps, options, cfg, rng, [])
+        *_, state = model.engine.window_steps(conditioning, prompt_tokens, steps, options, rng, [])
         codes = state.codes()
         assert codes.shape[-1] == max_gen_len
         return codes
@@ -92,7 +91,7 @@ def check_against_reference(model, job, ref_codes, ref_calls):
 
 def test_75s_stereo_cfg_text_matches_audiocraft_scheme(stereo):
     duration = 75.0
-    job = stereo._job(TEXTS, duration=duration, do_sample=False, window=WINDOW, extend_stride=STRIDE)
+    job = stereo.job(stereo.request(TEXTS, duration=duration, do_sample=False, window=WINDOW, extend_stride=STRIDE))
     job.run_to_end()
     ref_codes, ref_calls = audiocraft_reference(stereo, TEXTS, duration, max_duration=WINDOW, extend_stride=STRIDE)
     assert ref_codes.shape == (2, 8, 3750)
@@ -130,14 +129,16 @@ def test_window_equals_transformers_generate_with_prompt_codes(stereo, tiny_ster
 
 def test_mono_unconditional_and_audio_prompt(mono):
     ref, calls = audiocraft_reference(mono, None, 9.0, max_duration=WINDOW, extend_stride=STRIDE)
-    job = mono._job(None, duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE)
+    job = mono.job(mono.request(None, duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE))
     job.run_to_end()
     check_against_reference(mono, job, ref, calls)
 
     rng = np.random.default_rng(0)
     prompt = (0.2 * rng.standard_normal((1, SR))).astype(np.float32)  # 1 s = 50 frames
     prompt_codes = mono.encode_audio(prompt[None])
-    job = mono._job(TEXTS[:1], duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE, prompt_audio=prompt)
+    job = mono.job(
+        mono.request(TEXTS[:1], duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE, prompt_audio=prompt)
+    )
     job.run_to_end()
     ref, calls = audiocraft_reference(
         mono, TEXTS[:1], 9.0, max_duration=WINDOW, extend_stride=STRIDE, prompt_codes=prompt_codes
@@ -158,7 +159,7 @@ def test_exact_output_length(mono, duration):
 
 def test_default_window_and_stride(stereo, mono):
     # tiny positions (512) allow 508 frames per window; the stride is audiocraft's 18/30 of it
-    job = stereo._job(None, duration=25.0)
+    job = stereo.job(stereo.request(None, duration=25.0))
     assert (job.plan.window_frames, job.plan.stride_frames) == (508, 304)
     assert [w.start for w in job.plan.windows] == [0, 304, 608, 912]
     assert plan_windows(1500 * 4, 1500, 900) == [
@@ -169,7 +170,7 @@ def test_default_window_and_stride(stereo, mono):
         (3600, 600, 1500),
         (4500, 600, 1500),
     ]
-    one = mono._job(None, duration=10.0)  # within the window: a single pass, as before
+    one = mono.job(mono.request(None, duration=10.0))  # within the window: a single pass, as before
     assert len(one.plan.windows) == 1 and one.plan.windows[0].steps == 500 + C - 1
 
 

@@ -72,7 +72,7 @@ def test_graph_frequencies_follow_transformers_distribution(sampler):
 def test_device_sampling_generates_what_numpy_sampling_generates(exported_stereo, do_sample):
     host = MusicGen.load(exported_stereo, provider="cpu")
     device = MusicGen.load(exported_stereo, provider="cpu", device_sampling=True)
-    assert host._sampler is None and device._sampler is not None
+    assert not host.device_sampling and device.device_sampling
     kwargs = dict(max_new_tokens=40, do_sample=do_sample, guidance_scale=3.0, top_k=50, seed=4)
     texts = ["an upbeat rock song", "calm piano"]
     expected = host.generate_detailed(texts, **kwargs).codes
@@ -91,4 +91,4 @@ def test_device_sampling_needs_the_graph(exported_stereo, tmp_path):
     (target / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="device_sampling=True needs the sampler graph"):
         MusicGen.load(target, provider="cpu", device_sampling=True)
-    assert MusicGen.load(target, provider="cpu")._sampler is None  # default: numpy sampling
+    assert not MusicGen.load(target, provider="cpu").device_sampling  # default: numpy sampling

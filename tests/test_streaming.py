@@ -209,13 +209,11 @@ def test_cli_long_form_stream_and_ctrl_c(exported_mono, tmp_path, stream, monkey
 @pytest.fixture
 def fixed_buffer_model(exported_stereo):
     """The model in fixed-buffer mode (what cuda_graph=True sets up on a GPU): decoder buffers are pooled."""
-    model = MusicGen.load(exported_stereo, provider="cpu")
-    model._buffer_pool = {}
-    return model
+    return MusicGen.load(exported_stereo, provider="cpu", fixed_buffers=True)
 
 
 def _in_use(model) -> list[bool]:
-    return [buffers.in_use for buffers in model._buffer_pool.values()]
+    return [in_use for _, in_use in model.engine.buffer_sets()]
 
 
 @pytest.mark.parametrize("how", ["close", "context", "cancel"])
@@ -237,7 +235,7 @@ def test_abandoned_stream_releases_its_buffers(fixed_buffer_model, how):
     assert list(chunks) == []  # a closed stream yields nothing more
     # the next generation of that shape reuses the pooled set (on CUDA: replays its captured graph)
     model.generate(TEXTS[:1], **{k: v for k, v in args.items() if k != "chunk_seconds"})
-    assert len(model._buffer_pool) == 1 and _in_use(model) == [False]
+    assert _in_use(model) == [False]  # still one set
 
 
 def test_exhausted_stream_releases_its_buffers(fixed_buffer_model):

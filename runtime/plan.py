@@ -15,30 +15,22 @@ One window is one ordinary MusicGen generate call with the prompt codes as decod
 does with ``decoder_input_ids``). The codes of all windows are concatenated and decoded once at the end (or
 incrementally while streaming), so there are no seams beyond the model's own.
 
-numpy only; the ``MusicGen`` facade owns the sessions and calls in here.
+Pure planning (numpy and the manifest only): ``job.CodeGenerator`` runs the plan on an ``Engine``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .manifest import Manifest
 from .options import is_real
-
-if TYPE_CHECKING:
-    from .manifest import Manifest
-    from .model import MusicGen
-    from .options import SamplingOptions
 
 __all__ = [
     "DEFAULT_DURATION_CAP",
     "DEFAULT_STRIDE_RATIO",
-    "CodeGenerator",
     "GenerationPlan",
     "Window",
     "plan_generation",
@@ -212,105 +204,3 @@ def plan_generation(
     return GenerationPlan(
         tuple(windows), total, round(duration * manifest.audio.sampling_rate), window_frames, stride_frames
     )
-
-
-class CodeGenerator:
-    """Runs a plan window by window and keeps every final code frame in one buffer.
-
-    Iterating ``run()`` advances generation by one decoder step per item and yields ``frames_ready``; the
-    frames [0, frames_ready) of ``buffer`` are final (streaming decodes them while the loop goes on).
-    ``progress(frames_done, frames_total)`` is called after every step, counting over all windows; when
-    it returns False generation stops and ``stopped`` is set (``codes`` then holds what was made).
-    """
-
-    def __init__(
-        self,
-        model: MusicGen,
-        texts: list[str] | None,
-        prompt_audio: np.ndarray | None,
-        batch: int,
-        plan: GenerationPlan,
-        options: SamplingOptions,
-        rng: np.random.Generator,
-    ) -> None:
-        self.model = model
-        self.texts = texts
-        self.prompt_audio = prompt_audio
-        self.batch = batch
-        self.plan = plan
-        self.options = options
-        self.rng = rng
-        d = model.manifest.decoder
-        self.buffer = np.full((batch, d.num_codebooks, plan.total_frames), d.pad_token_id, dtype=np.int64)
-        self.frames_ready = 0
-        self.stopped = False
-        self.finished = False
-        self.timings: dict[str, float] = {}
-        self.step_times: list[float] = []
-        self.prefill_times: list[float] = []
-        self.window_prompts: list[np.ndarray | None] = []  # what each window was given (for tests / inspection)
-
-    @property
-    def codes(self) -> np.ndarray:
-        """Final codes [B, K, frames_ready] (all frames once finished)."""
-        return self.buffer[..., : self.frames_ready]
-
-    def run(self, progress: Callable[[int, int], bool | None] | None = None) -> Iterator[int]:
-        model, plan, total = self.model, self.plan, self.plan.total_frames
-        t0 = time.perf_counter()
-        prompt_codes = None if self.prompt_audio is None else model.encode_audio(self.prompt_audio)
-        self.timings["audio_encode"] = time.perf_counter() - t0
-        if prompt_codes is not None:
-            p = plan.prompt_frames
-            if prompt_codes.shape[-1] != p:
-                raise RuntimeError(f"the prompt encoded to {prompt_codes.shape[-1]} frames, expected {p}")
-            self.buffer[..., :p] = prompt_codes
-            self.frames_ready = p
-        t0 = time.perf_counter()
-        cross_kv, text_mask = model._condition(self.texts, self.batch)
-        self.timings["text_encode"] = time.perf_counter() - t0
-        cfg = self.texts is not None and self.options.guidance_scale > 1
-
-        for w in plan.windows:
-            given = prompt_codes if w.index == 0 else self.buffer[..., w.start : w.start + w.prompt].copy()
-            self.window_prompts.append(given)
-            done = w.prompt  # frames of this window already in the buffer
-            first = True
-            steps = model._window_steps(
-                cross_kv, text_mask, given, self.batch, w.steps, self.options, cfg, self.rng, self.step_times
-            )
-            try:
-                for state in steps:
-                    if first:
-                        self.prefill_times.append(self.step_times[-1])
-                        first = False
-                    ready = min(state.frames_ready, w.length)
-                    if ready > done:
-                        self.buffer[..., w.start + done : w.start + ready] = state.frames(done, ready)
-                        done = ready
-                        self.frames_ready = w.start + ready
-                    if self.frames_ready >= total:
-                        break
-                    yield self.frames_ready
-                    if progress is not None and progress(self.frames_ready, total) is False:
-                        self.stopped = True
-                        return
-            finally:
-                steps.close()  # stopped, closed or failed: the window's decoder buffers are released now
-            if done != w.length:  # the loop ended before the window was complete: a bug, not a user error
-                raise RuntimeError(f"window {w.index} ended with {done} of {w.length} frames")
-        self.finished = True
-        if progress is not None:
-            progress(total, total)
-        yield self.frames_ready
-
-    def run_to_end(self, progress: Callable[[int, int], bool | None] | None = None) -> np.ndarray:
-        for _ in self.run(progress):
-            pass
-        return self.codes
-
-    def stage_timings(self) -> dict[str, float]:
-        out = dict(self.timings)
-        out["prefill"] = float(sum(self.prefill_times))
-        out["decode_steps"] = float(sum(self.step_times) - out["prefill"])
-        return out
