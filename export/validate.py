@@ -111,8 +111,8 @@ def static_cache_feeds(
         buffers.append(buf)
     seq_len = ids.shape[2]
     total = max_len if full_total else past_len + seq_len
-    positions = np.arange(past_len, past_len + seq_len, dtype=np.int64)
-    values = [ids.numpy(), mask.numpy(), positions, np.array(total, np.int32)]
+    positions = np.broadcast_to(np.arange(past_len, past_len + seq_len, dtype=np.int64), (ids.shape[0], seq_len))
+    values = [ids.numpy(), mask.numpy(), np.ascontiguousarray(positions), np.array(total, np.int32)]
     values += [c.numpy() for c in cross] + buffers
     return dict(zip(names, values, strict=True))
 
@@ -144,7 +144,34 @@ def validate_decoder(path: Path, model, wrapper, tol: float) -> list[Check]:
         ref = hf_decoder_reference(model, ids, mask, cross, past)
         case = f"batch={batch} seq={seq_len} past={past_len} text={text_len}" + (" total=buffer" if full_total else "")
         checks.append(_compare("decoder", case, ours, ref, tol))
+    if static:
+        checks.append(_per_row_positions_check(session, names, model, wrapper, generator, tol))
     return checks
+
+
+def _per_row_positions_check(session, names, model, wrapper, generator, tol: float) -> Check:
+    """Rows at different positions in one single-token step (what continuous batching feeds): each row's
+    logits and new K/V must equal transformers run on that row alone, with its own past."""
+    import torch
+
+    n, pasts, text_len, max_len = wrapper.num_layers, [2, 6, 4], 5, 9
+    batch = len(pasts)
+    inputs = DecoderStep.example_inputs(wrapper, batch, 1, max(pasts), text_len)
+    inputs = [torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in inputs]
+    ids, mask, cross, past = inputs[0], inputs[1], list(inputs[2 : 2 + 2 * n]), list(inputs[2 + 2 * n :])
+    feeds = static_cache_feeds(names, inputs, n, max_len)
+    feeds["position_ids"] = np.array(pasts, np.int64)[:, None]
+    feeds["total_sequence_length"] = np.array(max(pasts) + 1, np.int32)
+    out = session.run(None, feeds)
+    ours, ref = [], []
+    for b, length in enumerate(pasts):
+        rows = slice(b, b + 1)
+        expected = hf_decoder_reference(
+            model, ids[rows], mask[rows], [c[rows] for c in cross], [p[rows, :, :length] for p in past]
+        )
+        ref += list(expected)
+        ours += [out[0][rows]] + [p[rows, :, : length + 1] for p in out[1:]]
+    return _compare("decoder", f"per-row positions {pasts}", ours, ref, tol)
 
 
 def smoke_test(role: str, path: Path, model, wrapper) -> None:

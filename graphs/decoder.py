@@ -97,7 +97,10 @@ class DecoderStep(nn.Module):
         hidden = self.embed_tokens[0](input_ids[:, 0])
         for k in range(1, self.num_codebooks):
             hidden = hidden + self.embed_tokens[k](input_ids[:, k])
-        return hidden + self.positions.index_select(0, positions)
+        if positions.dim() == 1:  # one position per column, shared by every row
+            return hidden + self.positions.index_select(0, positions)
+        flat = self.positions.index_select(0, positions.reshape(-1))  # [B * S, H]: each row its own
+        return hidden + flat.reshape(positions.shape[0], positions.shape[1], -1)
 
     @staticmethod
     def cross_mask(encoder_attention_mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,8 +3,8 @@
 Same computation as ``decoder.py``, but the self-attention cache is a preallocated buffer of the
 generation's full length, and the attention length is an input:
 
-    input_ids [B, K, S], position_ids [S] int64, total_sequence_length int32 (host)
-        │  embed + sinusoid[position_ids]          seqlens_k [B] = position_ids[-1] (all rows alike)
+    input_ids [B, K, S], position_ids [B, S] int64, total_sequence_length int32 (host)
+        │  embed + sinusoid[position_ids]          seqlens_k [B] = position_ids[:, -1] (each row its own)
         ├── x num_layers ─────────────────────────────────────────────────────────────────────────┐
         │ LN ─> qkv = x @ [Wq|Wk|Wv] ─> GroupQueryAttention(qkv, past_key.i, past_value.i,         │
         │                                seqlens_k, total_sequence_length)                        │
@@ -16,6 +16,10 @@ generation's full length, and the attention length is an input:
 Bind the same OrtValue as ``past_key.i`` input and ``present_key.i`` output (IOBinding) and the
 cache is updated in place: a step's cost no longer includes copying the whole cache (docs/design.md §6).
 Q/K/V projections and the K lm_heads are each fused into one matrix multiply.
+
+Positions are per row (manifest format 3) so that rows at different points of their generation share one
+step: a continuous-batching engine puts requests that joined at different times in one batch, and each row
+writes its K/V at its own position and attends over its own length only (docs/design.md §17).
 
 Why these inputs: the graph must be capturable as a CUDA graph (static shapes, every compute node on
 the CUDA EP, no host<->device copies inside). Positions therefore arrive as a device tensor rather than
@@ -43,7 +47,7 @@ def input_names(num_layers: int) -> list[str]:
 def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
     """Past and present are the same preallocated buffers: one ``max_len`` axis for both."""
     axes = decoder.dynamic_axes(num_layers, past_axis="max_len", present_axis="max_len")
-    axes["position_ids"] = {0: "seq_len"}
+    axes["position_ids"] = {0: "batch", 1: "seq_len"}
     return axes
 
 
@@ -57,19 +61,22 @@ class StaticCacheAttention(torch.autograd.Function):
     def forward(ctx, qkv, past_key, past_value, seqlens_k, total_length, num_heads: int, scale: float):
         batch, seq_len, width = qkv.shape
         head_dim = width // (3 * num_heads)
-        total = int(seqlens_k[0]) + 1  # the reference reads the length from seqlens_k, as GQA does for steps
-        past = total - seq_len
         q, k, v = (
             t.reshape(batch, seq_len, num_heads, head_dim).transpose(1, 2) for t in qkv.split(width // 3, dim=-1)
         )
         present_key, present_value = past_key.clone(), past_value.clone()
-        present_key[:, :, past:total] = k
-        present_value[:, :, past:total] = v
-        keys, values = present_key[:, :, :total], present_value[:, :, :total]
-        positions = torch.arange(past, total)
-        causal = (torch.arange(total)[None, :] > positions[:, None]).to(qkv.dtype) * torch.finfo(qkv.dtype).min
-        scores = torch.matmul(q, keys.transpose(2, 3)) * scale + causal
-        out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        rows = []
+        for b in range(batch):  # each row its own length, read from seqlens_k as GQA does
+            total = int(seqlens_k[b]) + 1
+            past = total - seq_len
+            present_key[b, :, past:total] = k[b]
+            present_value[b, :, past:total] = v[b]
+            keys, values = present_key[b : b + 1, :, :total], present_value[b : b + 1, :, :total]
+            positions = torch.arange(past, total)
+            causal = (torch.arange(total)[None, :] > positions[:, None]).to(qkv.dtype) * torch.finfo(qkv.dtype).min
+            scores = torch.matmul(q[b : b + 1], keys.transpose(2, 3)) * scale + causal
+            rows.append(torch.matmul(torch.softmax(scores, dim=-1), values))
+        out = torch.cat(rows, dim=0)
         return out.transpose(1, 2).reshape(batch, seq_len, width // 3), present_key, present_value
 
     @staticmethod
@@ -120,7 +127,7 @@ class DecoderStaticStep(DecoderStep):
         cross, past = cache[: 2 * n], cache[2 * n :]
         batch = input_ids.shape[0]
         hidden = self.embed(input_ids, position_ids)
-        seqlens_k = position_ids[-1:].to(torch.int32).expand(batch)
+        seqlens_k = position_ids[:, -1].to(torch.int32)
         total = total_sequence_length
         cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
 
@@ -153,6 +160,6 @@ class DecoderStaticStep(DecoderStep):
         cross = plain[2 : 2 + 2 * self.num_layers]
         shape = (batch, self.num_heads, max_len, self.head_dim)
         past = [torch.randn(shape) for _ in range(2 * self.num_layers)]
-        positions = torch.arange(past_len, past_len + seq_len, dtype=torch.long)
+        positions = torch.arange(past_len, past_len + seq_len, dtype=torch.long).expand(batch, seq_len).contiguous()
         total = torch.tensor(past_len + seq_len, dtype=torch.int32)
         return (ids, mask, positions, total, *cross, *past)

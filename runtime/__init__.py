@@ -1,10 +1,12 @@
 """musicgen-onnx runtime: numpy + onnxruntime + tokenizers; never imports torch or transformers."""
 
+from .batching import QueueFullError, RequestCancelledError
 from .manifest import Manifest, ManifestError
-from .model import GenerationResult, MusicGen
+from .model import MusicGen
 from .options import SamplingOptions
 from .pipeline import TextToAudioPipeline, pipeline
 from .sessions import ProviderUnavailableError
+from .submission import GenerationResult, Submission
 
 __all__ = [
     "GenerationResult",
@@ -12,7 +14,10 @@ __all__ = [
     "ManifestError",
     "MusicGen",
     "ProviderUnavailableError",
+    "QueueFullError",
+    "RequestCancelledError",
     "SamplingOptions",
+    "Submission",
     "TextToAudioPipeline",
     "pipeline",
 ]

@@ -237,7 +237,7 @@ class StaticDecoderRunner:
             mask=mask_value,
             logits=new([rows, self.num_codebooks, self.vocab], self.dtype),
             step_ids=new([rows, self.num_codebooks, 1], np.int64),
-            step_positions=new([1], np.int64),
+            step_positions=new([rows, 1], np.int64),
             step_total=_device_value(np.array(length, np.int32), np.int32, "cpu"),
             step_binding=self.session.io_binding(),
             graph_id=graph_id,
@@ -268,7 +268,7 @@ class StaticDecoderRunner:
             raise ValueError(f"the cache holds {buffers.length} positions; {self._past + seq_len} requested")
         if seq_len == 1:
             buffers.step_ids.update_inplace(ids)
-            buffers.step_positions.update_inplace(np.array([self._past], np.int64))
+            buffers.step_positions.update_inplace(np.full((ids.shape[0], 1), self._past, np.int64))
             if not self.fixed_buffers:  # a captured graph needs a constant total; otherwise pass the true one
                 buffers.step_total.update_inplace(np.array(self._past + 1, np.int32))
             self.session.run_with_iobinding(buffers.step_binding, self._step_options)
@@ -276,7 +276,9 @@ class StaticDecoderRunner:
             if self._past:
                 raise ValueError("a multi-token input is only supported as the first call (the prefill)")
             binding = self.session.io_binding()
-            positions = np.arange(seq_len, dtype=np.int64)
+            positions = np.ascontiguousarray(
+                np.broadcast_to(np.arange(seq_len, dtype=np.int64), (ids.shape[0], seq_len))
+            )
             total = np.array(seq_len, np.int32)
             self._bind(
                 buffers,

@@ -16,9 +16,10 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "musicgen-onnx"
-FORMAT_VERSION = 2
-#: Oldest manifest this runtime reads: version 1 static-cache decoders took a ``past_length`` input.
-MIN_FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Oldest manifest this runtime reads: version 1 static-cache decoders took a ``past_length`` input, version 2
+#: one position per column ([S]) instead of one per row and column ([B, S]).
+MIN_FORMAT_VERSION = 3
 
 #: The graphs an export directory holds, by role.
 GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "sampler", "encodec_decode", "encodec_encode")

@@ -4,41 +4,23 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .audio import prepare_prompt_audio
+from .batching import BatchEngine
 from .engine import Engine
-from .job import CodeGenerator, GenerationRequest
+from .job import GenerationRequest
 from .manifest import Manifest
 from .options import SamplingOptions, batch_size, check_seed, check_texts, resolve_sampling_options
-from .plan import DEFAULT_DURATION_CAP, GenerationPlan, Window, plan_generation
-from .streaming import AudioStream, decode_long, stream_chunks
+from .plan import DEFAULT_DURATION_CAP, plan_generation, resolve_window
+from .streaming import AudioStream, chunk_frames
+from .submission import GenerationResult, ProgressCallback, Submission
 
 logger = logging.getLogger("musicgen_onnx")
-
-#: progress(frames_done, frames_total); return False to stop early (the audio made so far is returned).
-ProgressCallback = Callable[[int, int], "bool | None"]
-
-
-@dataclass
-class GenerationResult:
-    """Audio plus what produced it: codes [B, K, frames] and per-stage timings in seconds."""
-
-    audio: np.ndarray
-    codes: np.ndarray
-    sampling_rate: int
-    timings: dict[str, float] = field(default_factory=dict)
-    step_times: list[float] = field(default_factory=list)
-    stopped_early: bool = False
-    windows: list[Window] = field(default_factory=list)  # the generate calls made (one unless long-form)
-    options: SamplingOptions | None = None  # the sampling options as resolved against the checkpoint's defaults
-    seed: int | None = None
-    plan: GenerationPlan | None = None
 
 
 class MusicGen:
@@ -51,9 +33,11 @@ class MusicGen:
     #: Longest ``duration`` (seconds) generate / stream accept; long-form makes any length, this is a guard.
     duration_cap: float = DEFAULT_DURATION_CAP
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, batcher: BatchEngine | None) -> None:
         """Use ``MusicGen.load``."""
         self.engine = engine
+        #: The continuous-batching engine every request runs in (None for concat-cache exports).
+        self.batcher = batcher
 
     @classmethod
     def load(
@@ -66,6 +50,9 @@ class MusicGen:
         device_sampling: bool | None = None,
         allow_spinning: bool | None = None,
         fixed_buffers: bool | None = None,
+        max_batch: int = 4,
+        max_seconds: float | None = None,
+        max_queued: int = 64,
     ) -> MusicGen:
         """Open an export directory. ``provider``: "auto" (CUDA when it starts, else the CPU), "cuda" or "cpu".
 
@@ -83,19 +70,41 @@ class MusicGen:
         graphs; True runs the same logic without them). ``device_sampling`` selects tokens with the
         exported sampler graph where the logits are, instead of copying them to numpy (None: on CUDA
         when the export has the graph; on the CPU numpy is as fast).
+
+        Requests from any number of threads share one decoder loop (continuous batching, see ``submit``):
+        ``max_batch`` prompts decode at once (each takes two decoder rows, for classifier-free guidance),
+        ``max_seconds`` is the longest window one request may need (default: the checkpoint's window, 30 s
+        for the hub's), and up to ``max_queued`` requests wait for a free slot before ``submit`` raises
+        ``QueueFullError``. The KV cache for max_batch x max_seconds is sized here once; on the CPU its pages
+        are only touched (and count in RSS) as rows use them.
         """
-        return cls(
-            Engine.open(
-                model_dir,
-                provider=provider,
-                threads=threads,
-                verify=verify,
-                cuda_graph=cuda_graph,
-                device_sampling=device_sampling,
-                allow_spinning=allow_spinning,
-                fixed_buffers=fixed_buffers,
-            )
+        engine = Engine.open(
+            model_dir,
+            provider=provider,
+            threads=threads,
+            verify=verify,
+            cuda_graph=cuda_graph,
+            device_sampling=device_sampling,
+            allow_spinning=allow_spinning,
+            fixed_buffers=fixed_buffers,
         )
+        batcher = None
+        if engine.manifest.decoder.kv_cache == "static":
+            if max_seconds is None:
+                max_seconds = resolve_window(engine.manifest, None, None)[0] / engine.manifest.audio.frame_rate
+            batcher = BatchEngine(engine, max_batch=max_batch, max_seconds=max_seconds, max_queued=max_queued)
+        return cls(engine, batcher)
+
+    def close(self) -> None:
+        """Stop the batching engine's thread (requests in flight are cancelled)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def __enter__(self) -> MusicGen:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def manifest(self) -> Manifest:
@@ -171,8 +180,7 @@ class MusicGen:
         ``progress(frames_done, frames_total)`` is called after every step; returning False stops and the
         audio made so far is returned (``stopped_early``).
         """
-        t_start = time.perf_counter()
-        request = self.request(
+        submission = self.submit(
             texts,
             duration=duration,
             max_new_tokens=max_new_tokens,
@@ -187,27 +195,11 @@ class MusicGen:
             window=window,
             extend_stride=extend_stride,
         )
-        job = self.job(request)
-        codes = job.run_to_end(progress)
-        timings = job.stage_timings()
-        t0 = time.perf_counter()
-        audio = decode_long(self.engine, codes)
-        timings["audio_decode"] = time.perf_counter() - t0
-        if job.plan.total_samples is not None and not job.stopped:
-            audio = audio[..., : job.plan.total_samples]
-        timings["total"] = time.perf_counter() - t_start
-        return GenerationResult(
-            audio,
-            codes,
-            self.sampling_rate,
-            timings,
-            job.step_times,
-            job.stopped,
-            list(request.plan.windows),
-            request.options,
-            request.seed,
-            request.plan,
-        )
+        try:
+            return submission.result(progress)
+        except BaseException:
+            submission.cancel()  # interrupted (Ctrl-C, an error in progress): free the rows
+            raise
 
     def stream(
         self,
@@ -225,8 +217,24 @@ class MusicGen:
         A stream abandoned before its end holds its decoder buffers until ``close()``: use it as a context
         manager (``with model.stream(...) as chunks:``) or close it when stopping early.
         """
-        job = self.job(self.request(texts, **kwargs))
-        return stream_chunks(self.engine, job, chunk_seconds=chunk_seconds, progress=progress)
+        request = self.request(texts, **kwargs)
+        chunk_frames(self.frame_rate, chunk_seconds)  # validated before any work starts
+        return self._submit(request).stream(chunk_seconds, progress)
+
+    def submit(self, texts: str | Sequence[str] | None = None, **kwargs) -> Submission:
+        """Start generating (``generate_detailed``'s arguments, without ``progress``) and return at once.
+
+        The request joins the model's decoder batch at the next step boundary, next to every other request
+        in flight from any thread; ``Submission.result()`` waits for it, ``.stream()`` yields its audio as it
+        is made, ``.cancel()`` frees its rows at the next step. Raises ``QueueFullError`` when ``max_queued``
+        requests are already waiting, and ValueError for a request that can never fit (more prompts than
+        ``max_batch``, a window longer than ``max_seconds``).
+        """
+        return self._submit(self.request(texts, **kwargs))
+
+    def _submit(self, request: GenerationRequest) -> Submission:
+        handle = None if self.batcher is None else self.batcher.submit(request)
+        return Submission(self.engine, request, handle)
 
     def resolve_options(
         self,
@@ -290,6 +298,9 @@ class MusicGen:
         if prompt is not None and prompt.shape[0] != batch:
             prompt = np.repeat(prompt, batch, axis=0) if prompt.shape[0] == 1 else prompt
         prompt_frames = 0 if prompt is None else math.ceil(prompt.shape[-1] / self.manifest.audio.hop_length)
+        if window is None and self.batcher is not None:  # the default window never exceeds what the cache holds
+            default = resolve_window(self.manifest, None, None)[0] / self.frame_rate
+            window = min(default, self.batcher.max_seconds) if self.batcher.max_seconds < default else None
         plan = plan_generation(
             self.manifest,
             duration=duration,
@@ -303,7 +314,3 @@ class MusicGen:
             options = replace(options, guidance_scale=1.0)  # unconditional: CFG would be a no-op
         texts_tuple = None if text_list is None else tuple(text_list)
         return GenerationRequest(texts_tuple, batch, options, seed, plan, prompt)
-
-    def job(self, request: GenerationRequest) -> CodeGenerator:
-        """The job that generates ``request``'s codes when iterated (``run`` / ``run_to_end``)."""
-        return CodeGenerator(self.engine, request)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from .engine import Engine
-from .job import CodeGenerator
+from .plan import GenerationPlan
 
 __all__ = [
     "CROSSFADE_FRAMES",
@@ -29,6 +30,7 @@ __all__ = [
     "AudioStream",
     "ReceptiveField",
     "StreamDecoder",
+    "chunk_frames",
     "decode_long",
     "measure_receptive_field",
     "snr_db",
@@ -175,34 +177,43 @@ class AudioStream:
         self.close()
 
 
-def stream_chunks(
-    engine: Engine,
-    job: CodeGenerator,
-    *,
-    chunk_seconds: float = 1.0,
-    progress: Callable[[int, int], bool | None] | None = None,
-) -> AudioStream:
-    """Run ``job`` and yield audio chunks of at least ``chunk_seconds`` as soon as their frames are final.
-
-    Validation happens here, before the returned iterator starts generating. With a duration the chunks add
-    up to exactly that many samples; when ``progress`` stops generation the final chunk ends the audio made.
-    """
-    fr = engine.manifest.audio.frame_rate
+def chunk_frames(frame_rate: int, chunk_seconds: float) -> int:
+    """``chunk_seconds`` validated and in frames (at least one)."""
     if (
         isinstance(chunk_seconds, bool)
         or not isinstance(chunk_seconds, (int, float))
         or not math.isfinite(chunk_seconds)
     ):
         raise ValueError(f"chunk_seconds must be a number of seconds, got {chunk_seconds!r}")
-    chunk_frames = math.floor(chunk_seconds * fr + 1e-6)
-    if chunk_frames < 1:
+    frames = math.floor(chunk_seconds * frame_rate + 1e-6)
+    if frames < 1:
         raise ValueError(
-            f"chunk_seconds must be at least one frame ({1 / fr:g} s at {fr} frames/s), got {chunk_seconds!r}"
+            f"chunk_seconds must be at least one frame ({1 / frame_rate:g} s at {frame_rate} frames/s), "
+            f"got {chunk_seconds!r}"
         )
-    return AudioStream(_stream(engine, job, chunk_frames, progress))
+    return frames
 
 
-def _stream(engine: Engine, job: CodeGenerator, chunk_frames: int, progress) -> Iterator[AudioChunk]:
+class CodeSource(Protocol):
+    """What streaming reads while codes are generated: a ``job.CodeGenerator`` or a ``batching.RequestHandle``."""
+
+    buffer: np.ndarray  # [B, K, total frames]; frames [0, frames_ready) are final
+    frames_ready: int
+    finished: bool
+    stopped: bool
+
+    @property
+    def plan(self) -> GenerationPlan: ...
+
+
+def stream_chunks(engine: Engine, source: CodeSource, steps: Iterator[int], frames_per_chunk: int) -> AudioStream:
+    """Drive ``steps`` (an iterator that advances ``source``) and yield audio chunks of at least
+    ``frames_per_chunk`` frames as soon as they are final. With a duration the chunks add up to exactly that
+    many samples; when generation is stopped early the final chunk ends the audio made."""
+    return AudioStream(_stream(engine, source, steps, frames_per_chunk))
+
+
+def _stream(engine: Engine, job: CodeSource, steps: Iterator[int], chunk_frames: int) -> Iterator[AudioChunk]:
     sr = engine.manifest.audio.sampling_rate
     dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
     total_samples = job.plan.total_samples
@@ -216,13 +227,12 @@ def _stream(engine: Engine, job: CodeGenerator, chunk_frames: int, progress) -> 
         sent += audio.shape[-1]
         return out
 
-    steps = job.run(progress)
     try:
         for ready in steps:
             if not job.finished and dec.available(ready) >= chunk_frames:
                 yield chunk(dec.step(job.buffer, ready), final=False)
     finally:
-        steps.close()  # closed early: the decoder loop releases its buffers now, not at garbage collection
+        steps.close()  # closed early: the generation stops and its decoder rows are released now
     yield chunk(dec.step(job.buffer, job.frames_ready, final=True), final=True)
 
 

@@ -91,8 +91,8 @@ def check_against_reference(model, job, ref_codes, ref_calls):
 
 def test_75s_stereo_cfg_text_matches_audiocraft_scheme(stereo):
     duration = 75.0
-    job = stereo.job(stereo.request(TEXTS, duration=duration, do_sample=False, window=WINDOW, extend_stride=STRIDE))
-    job.run_to_end()
+    job = stereo.submit(TEXTS, duration=duration, do_sample=False, window=WINDOW, extend_stride=STRIDE)
+    job.result()
     ref_codes, ref_calls = audiocraft_reference(stereo, TEXTS, duration, max_duration=WINDOW, extend_stride=STRIDE)
     assert ref_codes.shape == (2, 8, 3750)
     check_against_reference(stereo, job, ref_codes, ref_calls)
@@ -129,17 +129,17 @@ def test_window_equals_transformers_generate_with_prompt_codes(stereo, tiny_ster
 
 def test_mono_unconditional_and_audio_prompt(mono):
     ref, calls = audiocraft_reference(mono, None, 9.0, max_duration=WINDOW, extend_stride=STRIDE)
-    job = mono.job(mono.request(None, duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE))
-    job.run_to_end()
+    job = mono.submit(None, duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE)
+    job.result()
     check_against_reference(mono, job, ref, calls)
 
     rng = np.random.default_rng(0)
     prompt = (0.2 * rng.standard_normal((1, SR))).astype(np.float32)  # 1 s = 50 frames
     prompt_codes = mono.encode_audio(prompt[None])
-    job = mono.job(
-        mono.request(TEXTS[:1], duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE, prompt_audio=prompt)
+    job = mono.submit(
+        TEXTS[:1], duration=9.0, do_sample=False, window=WINDOW, extend_stride=STRIDE, prompt_audio=prompt
     )
-    job.run_to_end()
+    job.result()
     ref, calls = audiocraft_reference(
         mono, TEXTS[:1], 9.0, max_duration=WINDOW, extend_stride=STRIDE, prompt_codes=prompt_codes
     )
@@ -159,7 +159,7 @@ def test_exact_output_length(mono, duration):
 
 def test_default_window_and_stride(stereo, mono):
     # tiny positions (512) allow 508 frames per window; the stride is audiocraft's 18/30 of it
-    job = stereo.job(stereo.request(None, duration=25.0))
+    job = stereo.request(None, duration=25.0)
     assert (job.plan.window_frames, job.plan.stride_frames) == (508, 304)
     assert [w.start for w in job.plan.windows] == [0, 304, 608, 912]
     assert plan_windows(1500 * 4, 1500, 900) == [
@@ -170,7 +170,7 @@ def test_default_window_and_stride(stereo, mono):
         (3600, 600, 1500),
         (4500, 600, 1500),
     ]
-    one = mono.job(mono.request(None, duration=10.0))  # within the window: a single pass, as before
+    one = mono.request(None, duration=10.0)  # within the window: a single pass, as before
     assert len(one.plan.windows) == 1 and one.plan.windows[0].steps == 500 + C - 1
 
 

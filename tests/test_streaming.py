@@ -62,7 +62,7 @@ def check_chunks(chunks, batch, channels):
 
 def test_receptive_field_is_covered_by_the_context(live_stereo):
     for eps in (1e-4, 1e-5):
-        rf = measure_receptive_field(live_stereo, eps=eps)
+        rf = measure_receptive_field(live_stereo.engine, eps=eps)
         assert 0 < rf.before < RIGHT_CONTEXT_FRAMES  # convolutions only: finite (4 frames measured)
         assert 0 < rf.after <= LEFT_CONTEXT_FRAMES + CROSSFADE_FRAMES  # LSTM memory: 10 / 15 frames measured
 
@@ -90,7 +90,7 @@ def test_stream_long_form(live_stereo):
 
 def test_decode_long_matches_one_shot(live_stereo):
     codes = np.random.default_rng(0).integers(0, 2048, (1, 8, 3750))  # 75 s: decoded in 1500-frame pieces
-    check_snr(live_stereo.decode_codes(codes), decode_long(live_stereo, codes), "decode_long vs one-shot, 75 s")
+    check_snr(live_stereo.decode_codes(codes), decode_long(live_stereo.engine, codes), "decode_long vs one-shot, 75 s")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -1,0 +1,414 @@
+"""Continuous batching: one decoder loop per model, shared by every request in flight.
+
+Requests are submitted from any thread; a single engine thread owns the decoder rows (``slots.SlotDecoder``)
+and runs one step at a time over every active request. A request joins at the next step boundary when enough
+slots are free, and leaves when it is finished, stopped or cancelled, without waiting for the others. Each
+request keeps its own text conditioning, position, sampling options, random stream (from its own seed),
+length, audio prompt and long-form windows, so its codes do not depend on what else is in the batch
+(docs/design.md §17).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .engine import Conditioning, Engine
+from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens
+from .job import GenerationRequest
+from .plan import GenerationPlan, Window
+from .slots import SlotDecoder
+
+logger = logging.getLogger("musicgen_onnx")
+
+__all__ = ["BatchEngine", "QueueFullError", "RequestCancelledError", "RequestHandle", "follow"]
+
+
+class QueueFullError(RuntimeError):
+    """The engine's wait queue is full: the request was not accepted (a server answers 429 and retries later)."""
+
+
+class RequestCancelledError(RuntimeError):
+    """The request was cancelled before it finished."""
+
+
+class RequestHandle:
+    """One submitted request: wait for its frames, take its codes, stop or cancel it. Thread-safe."""
+
+    def __init__(self, request: GenerationRequest, conditioning: Conditioning, prompt_codes, num_codebooks, pad):
+        self.request = request
+        self.conditioning = conditioning
+        self.prompt_codes = prompt_codes
+        plan = request.plan
+        self.buffer = np.full((request.batch, num_codebooks, plan.total_frames), pad, dtype=np.int64)
+        self.frames_ready = 0
+        if prompt_codes is not None:
+            self.buffer[..., : plan.prompt_frames] = prompt_codes
+            self.frames_ready = plan.prompt_frames
+        self.timings: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self.prefill_times: list[float] = []
+        self.window_prompts: list[np.ndarray | None] = []
+        self.submitted = time.perf_counter()
+        self.started: float | None = None
+        self.finished = False  # every frame generated
+        self.stopped = False  # stopped early on request: the codes made so far are the result
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    @property
+    def plan(self) -> GenerationPlan:
+        return self.request.plan
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.stopped or self.cancelled or self.error is not None
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Final codes [B, K, frames_ready]."""
+        return self.buffer[..., : self.frames_ready]
+
+    def stop(self) -> None:
+        """End generation at the next step; ``result`` returns the frames made so far."""
+        with self._changed:
+            if not self.done:
+                self.stopped = True
+                self._changed.notify_all()
+
+    def cancel(self) -> None:
+        """Abandon the request at the next step; its slots go to others and ``result`` raises RequestCancelledError."""
+        with self._changed:
+            if not self.done:
+                self.cancelled = True
+                self._changed.notify_all()
+
+    def wait(self, frames: int, timeout: float | None = None) -> int:
+        """Block until more than ``frames`` frames are ready or the request is done; returns frames_ready."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.frames_ready > frames or self.done, timeout)
+            self._raise_if_failed()
+            return self.frames_ready
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """The codes [B, K, frames] once done (all frames, or those made before ``stop``)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"the request is not done after {timeout} s")
+            self._raise_if_failed()
+            return self.codes
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.cancelled:
+            raise RequestCancelledError("the request was cancelled")
+
+    def _update(self, **changes) -> None:
+        with self._changed:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            self._changed.notify_all()
+
+
+class _Run:
+    """Engine-thread state of one admitted request: its slots and the window being generated."""
+
+    def __init__(self, handle: RequestHandle, slots: list[int]) -> None:
+        self.handle = handle
+        self.slots = slots
+        self.rng = np.random.default_rng(handle.request.seed)
+        self.options = handle.request.options
+        self.cfg = not handle.conditioning.unconditional and self.options.guidance_scale > 1
+        self.windows = list(handle.request.plan.windows)
+        self.window: Window | None = None
+        self.state: DelayPatternState | None = None
+        self.prefill: np.ndarray | None = None  # [B, K, start_len]
+        self.fed = 0  # columns of the current window fed to the decoder
+        self.done_frames = 0  # frames of the current window already in the buffer
+
+
+class BatchEngine:
+    """Batches the requests of one model into a fixed number of decoder slots; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 4,
+        max_seconds: float = 30.0,
+        max_queued: int = 64,
+        full_rows: bool | None = None,
+    ) -> None:
+        m = engine.manifest
+        if m.decoder.kv_cache != "static":
+            raise ValueError("continuous batching needs a static-cache export (--kv-cache static, the default)")
+        for name, value in (("max_batch", max_batch), ("max_queued", max_queued)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_batch" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'max_batch' else 0}, got {value!r}")
+        fr, c = m.audio.frame_rate, m.codebooks_per_channel
+        longest = (m.decoder.max_positions - c) / fr
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not 0 < max_seconds <= longest:
+            raise ValueError(f"max_seconds must be in (0, {longest:g}] for this model, got {max_seconds!r}")
+        self.engine = engine
+        self.max_batch, self.max_seconds, self.max_queued = max_batch, float(max_seconds), max_queued
+        # one window of max_seconds: start column + frames + (C - 1) delay columns
+        self.cache_length = min(m.decoder.max_positions, int(np.floor(max_seconds * fr + 1e-6)) + c)
+        self.full_rows = engine.device != "cpu" if full_rows is None else full_rows
+        self.decoder = SlotDecoder(
+            engine.decoder,
+            m,
+            max_batch,
+            self.cache_length,
+            engine.device,
+            self.full_rows,
+            graph_id=1 if engine.cuda_graph else -1,
+        )
+        self._lock = threading.Condition()
+        self._pending: deque[RequestHandle] = deque()
+        self._runs: list[_Run] = []
+        self._free = list(range(max_batch))
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # decoder steps run (for tests and monitoring)
+
+    # ---- client side -------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Condition ``request`` (text encoder, audio prompt) in the calling thread and queue it.
+
+        Accepted when it can start at the next step (enough free slots) or fewer than ``max_queued``
+        requests are waiting; otherwise ``QueueFullError``, before any work is done."""
+        self._check_fits(request)
+        with self._lock:
+            self._check_room(request)
+        t0 = time.perf_counter()
+        engine = self.engine
+        prompt_codes = None if request.prompt_audio is None else engine.encode_audio(request.prompt_audio)
+        audio_encode = time.perf_counter() - t0
+        conditioning = engine.condition(request.texts, request.batch)
+        d = engine.manifest.decoder
+        handle = RequestHandle(request, conditioning, prompt_codes, d.num_codebooks, d.pad_token_id)
+        handle.timings = {"audio_encode": audio_encode, "text_encode": time.perf_counter() - t0 - audio_encode}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the batching engine is closed")
+            self._check_room(request)
+            self._pending.append(handle)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="musicgen-onnx-engine", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+        return handle
+
+    def _check_room(self, request: GenerationRequest) -> None:
+        """Raise QueueFullError unless the request can start now or wait in the queue (holding the lock)."""
+        unreserved = len(self._free) - sum(h.request.batch for h in self._pending)
+        if unreserved >= request.batch or len(self._pending) < self.max_queued:
+            return
+        raise QueueFullError(
+            f"the engine is full: {self.max_batch - len(self._free)} of max_batch={self.max_batch} slots busy and "
+            f"{len(self._pending)} requests waiting (max_queued={self.max_queued}); retry later"
+        )
+
+    def _check_fits(self, request: GenerationRequest) -> None:
+        if request.batch > self.max_batch:
+            raise ValueError(
+                f"the request has {request.batch} prompts but the model was loaded with max_batch={self.max_batch} "
+                "slots: send fewer prompts per request, or load with a larger max_batch"
+            )
+        for w in request.plan.windows:
+            columns = 1 + w.prompt + w.steps
+            if columns > self.cache_length:
+                fr = self.engine.manifest.audio.frame_rate
+                raise ValueError(
+                    f"window {w.index} of this request spans {w.length / fr:g} s ({columns} decoder positions), "
+                    f"more than max_seconds={self.max_seconds:g} ({self.cache_length} positions) the model was "
+                    "loaded with: use a shorter window, or load with a larger max_seconds"
+                )
+
+    def close(self) -> None:
+        """Stop the engine thread; requests still running or waiting are cancelled."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    @property
+    def active(self) -> int:
+        """Requests being generated now."""
+        with self._lock:
+            return len(self._runs)
+
+    # ---- engine thread -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._closed or self._runs or self._pending)
+                if self._closed:
+                    for handle in [*self._pending, *(r.handle for r in self._runs)]:
+                        handle.cancel()
+                    return
+                self._retire_ended()
+                admitted = self._admit()
+            try:
+                for run in admitted:
+                    self._start_window(run)
+                if self._runs:
+                    self._step()
+            except Exception as exc:  # fail the requests in flight, keep serving the next ones
+                logger.exception("decoder step failed")
+                with self._lock:
+                    for run in self._runs:
+                        run.handle._update(error=exc)
+                    self._retire_ended()
+
+    def _admit(self) -> list[_Run]:
+        admitted = []
+        while self._pending and len(self._free) >= self._pending[0].request.batch:
+            handle = self._pending.popleft()
+            if handle.done:  # cancelled while waiting
+                continue
+            self._free.sort()
+            slots, self._free = self._free[: handle.request.batch], self._free[handle.request.batch :]
+            run = _Run(handle, slots)
+            for b, slot in enumerate(slots):
+                cond = handle.conditioning
+                self.decoder.set_text(slot, [kv[b] for kv in cond.cross_kv], cond.text_mask[b])
+            handle._update(started=time.perf_counter())
+            self._runs.append(run)
+            admitted.append(run)
+        return admitted
+
+    def _retire_ended(self) -> None:
+        """Free the slots of every run that finished, stopped, failed or was cancelled (holding the lock)."""
+        for run in [r for r in self._runs if r.handle.done]:
+            self._runs.remove(run)
+            self._free += run.slots
+
+    def _start_window(self, run: _Run) -> None:
+        """Begin ``run``'s next window: its delay-pattern state, and the multi-token prefill where possible."""
+        handle = run.handle
+        w = run.windows.pop(0)
+        given = handle.prompt_codes if w.index == 0 else handle.buffer[..., w.start : w.start + w.prompt].copy()
+        handle.window_prompts.append(given)
+        d = self.engine.manifest.decoder
+        ids, pattern = build_delay_pattern(
+            given,
+            batch_size=handle.request.batch,
+            num_codebooks=d.num_codebooks,
+            channels=self.engine.channels,
+            max_length=1 + (0 if given is None else given.shape[-1]) + w.steps,
+            pad_token_id=d.pad_token_id,
+        )
+        run.window, run.done_frames, run.fed = w, w.prompt, 0
+        run.state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.engine.channels)
+        run.prefill = run.state.prefill_ids()
+        start_len = run.prefill.shape[-1]
+        if start_len > 1 and not self.full_rows:
+            t0 = time.perf_counter()
+            pairs = [np.repeat(run.prefill[b : b + 1], 2, axis=0) for b in range(len(run.slots))]
+            logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
+            run.fed = start_len
+            self._sample(run, np.stack(logits))
+            handle.prefill_times.append(time.perf_counter() - t0)
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        dec = self.decoder
+        dec.ids[:] = self.engine.manifest.decoder.pad_token_id
+        dec.positions[:] = 0
+        for run in self._runs:
+            state = run.state
+            if run.fed < run.prefill.shape[-1]:  # a prompt column fed as a forced token
+                column, position = run.prefill[..., run.fed : run.fed + 1], run.fed
+            else:
+                column, position = state.step_ids(), state.length - 1
+            for b, slot in enumerate(run.slots):
+                dec.ids[2 * slot : 2 * slot + 2] = column[b]
+                dec.positions[2 * slot : 2 * slot + 2] = position
+        rows = 2 * (max(s for run in self._runs for s in run.slots) + 1)
+        logits = dec.step(rows)
+        self.steps += 1
+        for run in list(self._runs):
+            start_len = run.prefill.shape[-1]
+            if run.fed < start_len:
+                run.fed += 1
+                if run.fed < start_len:
+                    continue  # more prompt columns to feed: these logits are not used
+            per_slot = np.stack([logits[2 * s : 2 * s + 2] for s in run.slots])
+            self._sample(run, per_slot)
+        elapsed = time.perf_counter() - t0
+        for run in self._runs:
+            run.handle.step_times.append(elapsed)
+        with self._lock:
+            self._retire_ended()
+
+    def _sample(self, run: _Run, logits: np.ndarray) -> None:
+        """Choose the next column of ``run`` from its rows' logits [B, 2 (cond, uncond), K, vocab]."""
+        options = run.options
+        vocab = logits.shape[-1]
+        rows = np.concatenate([logits[:, 0], logits[:, 1]]) if run.cfg else logits[:, 0]
+        scores = process_logits(
+            rows.reshape(-1, vocab),
+            guidance_scale=options.guidance_scale if run.cfg else None,
+            do_sample=options.do_sample,
+            temperature=options.temperature,
+            top_k=options.top_k or None,
+            top_p=options.top_p,
+        )
+        state = run.state
+        state.write(select_tokens(scores, do_sample=options.do_sample, rng=run.rng))
+        self._collect(run)
+
+    def _collect(self, run: _Run) -> None:
+        """Move newly final frames into the request's buffer; start the next window or finish."""
+        handle, w, state = run.handle, run.window, run.state
+        total = handle.request.plan.total_frames
+        ready = min(state.frames_ready, w.length)
+        frames = handle.frames_ready
+        if ready > run.done_frames:
+            handle.buffer[..., w.start + run.done_frames : w.start + ready] = state.frames(run.done_frames, ready)
+            run.done_frames = ready
+            frames = w.start + ready
+        if frames >= total:
+            handle._update(frames_ready=frames, finished=True)
+        elif state.done:
+            if run.done_frames != w.length:
+                raise RuntimeError(f"window {w.index} ended with {run.done_frames} of {w.length} frames")
+            handle._update(frames_ready=frames)
+            if not handle.done:
+                self._start_window(run)
+        elif frames != handle.frames_ready:
+            handle._update(frames_ready=frames)
+
+
+def follow(handle: RequestHandle, progress: Callable[[int, int], bool | None] | None = None) -> Iterator[int]:
+    """Yield the request's ``frames_ready`` as the engine advances it (and once more at the end).
+
+    ``progress(frames_done, frames_total)`` is called in the consuming thread; returning False stops the
+    request at the engine's next step. Closing the iterator before the end cancels the request.
+    """
+    total = handle.plan.total_frames
+    frames = -1
+    try:
+        while True:
+            frames = handle.wait(frames)
+            if handle.done:
+                break
+            yield frames
+            if progress is not None and progress(frames, total) is False:
+                handle.stop()
+        handle.result()  # raises if the request failed or was cancelled
+        if handle.finished and progress is not None:
+            progress(total, total)
+        yield handle.frames_ready
+    finally:
+        if not handle.done:
+            handle.cancel()

@@ -1,0 +1,215 @@
+"""Continuous batching: a request's output never depends on what else is in the decoder batch; limits are
+explicit; cancelling frees a slot without disturbing the other rows. Tiny stereo and mono exports."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from musicgen_onnx.runtime import MusicGen, QueueFullError, RequestCancelledError
+from musicgen_onnx.runtime.batching import BatchEngine
+from musicgen_onnx.runtime.slots import SlotDecoder
+
+SR = 32000
+TEXTS = ["an upbeat rock song with electric guitars and loud drums", "calm piano", "lo-fi beat", "a jazz trio"]
+
+
+@pytest.fixture(scope="module")
+def stereo(exported_stereo):
+    with MusicGen.load(exported_stereo, provider="cpu", max_batch=4, max_queued=32) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def mono(exported_mono):
+    with MusicGen.load(exported_mono, provider="cpu", max_batch=4, max_queued=32) as model:
+        yield model
+
+
+def _prompt(seconds: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t))[None].astype(np.float32)
+
+
+# a spread of requests: mixed text lengths, CFG on and off, unconditional, an audio prompt, different lengths
+REQUESTS = [
+    dict(texts=TEXTS[0], duration=1.2, do_sample=False),
+    dict(texts=TEXTS[1], duration=0.7, do_sample=False, guidance_scale=1.0),
+    dict(texts=None, duration=0.9, do_sample=False),
+    dict(texts=TEXTS[3], duration=1.0, do_sample=False, prompt_audio=_prompt(0.3)),
+]
+
+
+def _alone(model, spec):
+    spec = dict(spec)
+    return model.generate_detailed(spec.pop("texts"), **spec).codes
+
+
+def _together(model, specs):
+    subs = []
+    for spec in specs:
+        spec = dict(spec)
+        subs.append(model.submit(spec.pop("texts"), **spec))
+    return [s.result().codes for s in subs]
+
+
+@pytest.mark.parametrize("which", ["stereo", "mono"])
+def test_greedy_codes_do_not_depend_on_the_batch(which, request):
+    model = request.getfixturevalue(which)
+    alone = [_alone(model, spec) for spec in REQUESTS]
+    for codes, expected in zip(_together(model, REQUESTS), alone, strict=True):
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_sampled_codes_with_a_seed_do_not_depend_on_the_batch(stereo):
+    specs = [
+        dict(texts=TEXTS[i], duration=0.8 + 0.1 * i, do_sample=True, top_k=50, temperature=1.0 + i, seed=i)
+        for i in range(3)
+    ]
+    specs.append(dict(texts=TEXTS[3], duration=0.5, do_sample=True, top_p=0.9, seed=11))
+    alone = [_alone(stereo, spec) for spec in specs]
+    for codes, expected in zip(_together(stereo, specs), alone, strict=True):
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_a_request_joining_mid_flight(stereo):
+    long = dict(texts=TEXTS[0], duration=2.0, do_sample=False)
+    short = dict(texts=TEXTS[2], duration=0.6, do_sample=True, seed=3)
+    expected_long, expected_short = _alone(stereo, long), _alone(stereo, short)
+    first = stereo.submit(long.pop("texts"), **long)
+    first.handle.wait(40)  # the first request is 40+ frames in
+    second = stereo.submit(short.pop("texts"), **short)
+    np.testing.assert_array_equal(second.result().codes, expected_short)
+    np.testing.assert_array_equal(first.result().codes, expected_long)
+
+
+def test_long_form_and_streaming_share_the_batch(mono):
+    long_form = dict(texts=TEXTS[1], duration=5.0, window=2.0, extend_stride=1.2, do_sample=False)
+    expected = _alone(mono, long_form)
+    other = mono.submit(TEXTS[0], duration=3.0, do_sample=False)
+    spec = dict(long_form)
+    streamed = mono.submit(spec.pop("texts"), **spec)
+    with streamed.stream(chunk_seconds=0.5) as chunks:
+        audio = np.concatenate([c.audio for c in chunks], axis=-1)
+    assert audio.shape == (1, 1, 5 * SR)
+    assert len(streamed.window_prompts) == 4  # windows of 2 s advancing by 1.2 s
+    np.testing.assert_array_equal(streamed.codes, expected)
+    np.testing.assert_array_equal(
+        other.result().codes, _alone(mono, dict(texts=TEXTS[0], duration=3.0, do_sample=False))
+    )
+
+
+def test_row_logits_in_a_mixed_batch_equal_the_row_alone(stereo):
+    """Teacher-forced: the same token stream for slot 0, alone and next to rows at other positions."""
+    engine = stereo.engine
+    d = engine.manifest.decoder
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, d.vocab_size, (30, d.num_codebooks))
+    conds = [engine.condition([text], 1) for text in TEXTS[:3]]
+
+    def run(other_rows: bool) -> list[np.ndarray]:
+        dec = SlotDecoder(engine.decoder, engine.manifest, slots=3, length=64)
+        for slot, cond in enumerate(conds):
+            dec.set_text(slot, [kv[0] for kv in cond.cross_kv], cond.text_mask[0])
+        out, lead = [], 7 if other_rows else 0
+        for t in range(lead + len(tokens)):
+            dec.ids[:] = d.pad_token_id
+            dec.positions[:] = 0
+            if other_rows:  # slots 1 and 2 started earlier, at different times
+                for slot, start in ((1, 0), (2, 3)):
+                    dec.ids[2 * slot : 2 * slot + 2, :, 0] = rng.integers(0, d.vocab_size, d.num_codebooks)
+                    dec.positions[2 * slot : 2 * slot + 2] = max(0, t - start)
+            if t >= lead:
+                dec.ids[0:2, :, 0] = tokens[t - lead]
+                dec.positions[0:2] = t - lead
+                logits = dec.step(6 if other_rows else 2)
+                out.append(logits[0:2].copy())
+            else:
+                dec.step(6)
+        return out
+
+    for mixed, alone in zip(run(True), run(False), strict=True):
+        np.testing.assert_allclose(mixed, alone, atol=1e-4, rtol=0)
+
+
+def test_full_rows_layout_equals_compact(exported_stereo):
+    """The CUDA layout (every row every step, prompts as forced tokens), run on the CPU."""
+    model = MusicGen.load(exported_stereo, provider="cpu")
+    full = BatchEngine(model.engine, max_batch=3, max_seconds=2.0, full_rows=True)
+    try:
+        specs = REQUESTS[:2] + REQUESTS[3:]
+        expected = [_alone(model, spec) for spec in specs]
+        handles = []
+        for spec in specs:
+            spec = dict(spec)
+            texts = spec.pop("texts")
+            handles.append(full.submit(model.request(texts, **spec)))
+        for handle, codes in zip(handles, expected, strict=True):
+            np.testing.assert_array_equal(handle.result(timeout=120), codes)
+    finally:
+        full.close()
+        model.close()
+
+
+def test_queue_limit_is_a_distinct_error_and_cancel_frees_the_slot(exported_mono):
+    with MusicGen.load(exported_mono, provider="cpu", max_batch=1, max_queued=1) as model:
+        running = model.submit(TEXTS[0], duration=8.0, do_sample=False)
+        running.handle.wait(5)
+        waiting = model.submit(TEXTS[1], duration=0.5, do_sample=False)
+        with pytest.raises(QueueFullError, match=r"max_batch=1 slots busy and 1 requests waiting \(max_queued=1\)"):
+            model.submit(TEXTS[2], duration=0.5)
+        running.cancel()
+        with pytest.raises(RequestCancelledError):
+            running.result()
+        assert waiting.result().codes.shape[-1] == 25  # the waiting request got the slot
+        assert running.codes.shape[-1] < 400  # stopped long before its 8 s
+
+
+def test_requests_that_can_never_fit_are_refused(exported_mono):
+    with MusicGen.load(exported_mono, provider="cpu", max_batch=2, max_seconds=2.0) as model:
+        with pytest.raises(ValueError, match=r"3 prompts but the model was loaded with max_batch=2"):
+            model.submit(TEXTS[:3], duration=0.5)
+        with pytest.raises(ValueError, match=r"more than max_seconds=2 \(104 positions\)"):
+            model.submit(TEXTS[0], duration=3.0, window=3.0)
+        # without an explicit window, long clips use windows of max_seconds
+        assert model.generate(TEXTS[0], duration=3.0, do_sample=False).shape == (1, 1, 3 * SR)
+    with pytest.raises(ValueError, match=r"max_seconds must be in \(0, "):
+        MusicGen.load(exported_mono, provider="cpu", max_seconds=1000)
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
+        MusicGen.load(exported_mono, provider="cpu", max_batch=0)
+
+
+def test_cancel_mid_batch_leaves_the_others_unchanged(stereo):
+    keep = dict(texts=TEXTS[1], duration=1.5, do_sample=False)
+    expected = _alone(stereo, keep)
+    doomed = stereo.submit(TEXTS[0], duration=3.0, do_sample=False)
+    kept = stereo.submit(keep.pop("texts"), **keep)
+    doomed.handle.wait(20)
+    doomed.cancel()
+    np.testing.assert_array_equal(kept.result().codes, expected)
+    with pytest.raises(RequestCancelledError):
+        doomed.result()
+
+
+def test_sixteen_threads_submitting_at_once(mono):
+    specs = [dict(texts=TEXTS[i % 4], duration=0.3 + 0.05 * (i % 5), do_sample=True, seed=i) for i in range(16)]
+    expected = [_alone(mono, spec) for spec in specs]
+    results: list = [None] * 16
+    barrier = threading.Barrier(16)
+
+    def client(i: int) -> None:
+        spec = dict(specs[i])
+        barrier.wait(timeout=30)
+        results[i] = mono.generate_detailed(spec.pop("texts"), **spec).codes
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert time.monotonic() - started < 300 and not any(t.is_alive() for t in threads)
+    for codes, exp in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(codes, exp)
