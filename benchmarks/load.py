@@ -1,0 +1,255 @@
+"""Load test of the continuous-batching engine against sequential generation and static batching.
+
+    python benchmarks/load.py EXPORT_DIR --clients 4 --requests 16 [--threads 2] [--out results/load-int8.json]
+    python benchmarks/load.py EXPORT_DIR --rate 0.3 --requests 16           # open loop: Poisson arrivals
+
+Requests have durations drawn uniformly from --min-seconds..--max-seconds (2-15 s) and texts from a fixed
+list, from a seeded generator, so every mode serves the same requests. Each request is streamed (1 s chunks),
+as a server would; time to first audio is when its first chunk arrives.
+
+Arrivals: ``--clients N`` is a closed loop (N clients, each sends its next request when the last one is
+done); ``--rate R`` an open loop (Poisson arrivals, R requests per second, each handled by its own thread).
+
+Modes, one model load each, run one after the other:
+* engine: every request is submitted as it arrives and joins the shared decoder batch (max_batch = --slots).
+* sequential: one request at a time, in arrival order (the engine with one slot: the others wait).
+* static: a batch is formed from the requests waiting when the decoder is free (up to --slots) and run as one
+  multi-prompt request to its longest duration; each request's audio is cut to its own length.
+
+Reported per mode: throughput (seconds of audio per wall second), latency p50 / p95 (arrival -> last chunk),
+time to first audio p50 / p95, wall time. Progress goes to stderr; the table to stdout; --out writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("musicgen_onnx.bench")
+
+PROMPTS = [
+    "lo-fi hip hop beat with warm piano",
+    "epic orchestral trailer music with drums",
+    "80s synthwave with a driving bassline",
+    "acoustic folk guitar and soft vocals humming",
+    "minimal techno with deep kick",
+    "jazz trio, brushed drums, upright bass",
+]
+
+
+@dataclass
+class Request:
+    index: int
+    text: str
+    duration: float
+    arrival: float = 0.0  # seconds after the start of the run
+    first_audio: float | None = None
+    done: float | None = None
+    samples: int = 0
+
+
+def make_requests(n: int, low: float, high: float, seed: int) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    durations = np.round(rng.uniform(low, high, n), 2)
+    return [Request(i, PROMPTS[i % len(PROMPTS)], float(d)) for i, d in enumerate(durations)]
+
+
+def _consume(stream, req: Request, start: float) -> None:
+    with stream as chunks:
+        for chunk in chunks:
+            if req.first_audio is None:
+                req.first_audio = time.perf_counter() - start
+            req.samples += chunk.audio.shape[-1]
+    req.done = time.perf_counter() - start
+
+
+def run_engine(model, requests: list[Request], clients: int | None, rate: float | None, seed: int) -> float:
+    start = time.perf_counter()
+
+    def serve(req: Request) -> None:
+        req.arrival = time.perf_counter() - start
+        _consume(model.stream(req.text, duration=req.duration, seed=req.index), req, start)
+
+    _drive(requests, clients, rate, seed, serve, start)
+    return time.perf_counter() - start
+
+
+def run_static(model, requests: list[Request], clients: int | None, rate: float | None, seed: int, slots: int):
+    """Static batching: a collector thread forms batches from the waiting requests and runs each to its end."""
+    start = time.perf_counter()
+    waiting: list[Request] = []
+    finished: dict[int, threading.Event] = {r.index: threading.Event() for r in requests}
+    cond = threading.Condition()
+    stop = threading.Event()
+
+    def collector() -> None:
+        while not stop.is_set():
+            with cond:
+                cond.wait_for(lambda: waiting or stop.is_set(), timeout=0.5)
+            time.sleep(0.05)  # a short batching window: requests arriving together share the batch
+            with cond:
+                batch, waiting[:] = waiting[:slots], waiting[slots:]
+            if not batch:
+                continue
+            longest = max(r.duration for r in batch)
+            with model.stream([r.text for r in batch], duration=longest, seed=batch[0].index) as chunks:
+                for chunk in chunks:
+                    now = time.perf_counter() - start
+                    for row, req in enumerate(batch):
+                        left = round(req.duration * model.sampling_rate) - req.samples
+                        if left > 0:
+                            req.samples += min(left, chunk.audio[row].shape[-1])
+                            if req.first_audio is None:
+                                req.first_audio = now
+                            if req.samples >= round(req.duration * model.sampling_rate):
+                                req.done = now
+                                finished[req.index].set()
+            for req in batch:  # the run ended: everyone in it is done
+                if req.done is None:
+                    req.done = time.perf_counter() - start
+                finished[req.index].set()
+
+    worker = threading.Thread(target=collector, daemon=True)
+    worker.start()
+
+    def serve(req: Request) -> None:
+        req.arrival = time.perf_counter() - start
+        with cond:
+            waiting.append(req)
+            cond.notify_all()
+        finished[req.index].wait(timeout=3600)
+
+    try:
+        _drive(requests, clients, rate, seed, serve, start)
+    finally:
+        stop.set()
+        with cond:
+            cond.notify_all()
+        worker.join(timeout=60)
+    return time.perf_counter() - start
+
+
+def _drive(requests, clients, rate, seed, serve, start) -> None:
+    """Closed loop (``clients`` threads taking the next request when done) or Poisson arrivals (``rate``)."""
+    if clients:
+        queue = list(requests)
+        lock = threading.Lock()
+
+        def client() -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    req = queue.pop(0)
+                serve(req)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+    else:
+        gaps = np.random.default_rng(seed + 1).exponential(1.0 / rate, len(requests))
+        arrivals = np.cumsum(gaps) - gaps[0]
+
+        def arrive(req: Request, at: float) -> None:
+            delay = at - (time.perf_counter() - start)
+            if delay > 0:
+                time.sleep(delay)
+            serve(req)
+
+        threads = [threading.Thread(target=arrive, args=(r, a)) for r, a in zip(requests, arrivals, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=3600)
+
+
+def summarise(mode: str, requests: list[Request], wall: float, sampling_rate: int) -> dict:
+    latency = np.array([r.done - r.arrival for r in requests])
+    ttfa = np.array([r.first_audio - r.arrival for r in requests])
+    audio = sum(r.samples for r in requests) / sampling_rate
+    return {
+        "mode": mode,
+        "requests": len(requests),
+        "audio_seconds": audio,
+        "wall_s": wall,
+        "throughput": audio / wall,
+        "latency_p50": float(np.percentile(latency, 50)),
+        "latency_p95": float(np.percentile(latency, 95)),
+        "ttfa_p50": float(np.percentile(ttfa, 50)),
+        "ttfa_p95": float(np.percentile(ttfa, 95)),
+        "per_request": [asdict(r) for r in requests],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("export_dir", type=Path)
+    arrivals = parser.add_mutually_exclusive_group()
+    arrivals.add_argument("--clients", type=int, help="closed loop: this many concurrent clients (default 4)")
+    arrivals.add_argument("--rate", type=float, help="open loop: Poisson arrivals, requests per second")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=4, help="max_batch of the engine and static batches")
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: the usable CPUs)")
+    parser.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--modes", nargs="+", default=["engine", "sequential", "static"])
+    parser.add_argument("--no-spin", action="store_true", help="load with allow_spinning=False")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.clients is None and args.rate is None:
+        args.clients = 4
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+    from musicgen_onnx.runtime import MusicGen
+
+    rows = []
+    for mode in args.modes:
+        slots = 1 if mode == "sequential" else args.slots
+        requests = make_requests(args.requests, args.min_seconds, args.max_seconds, args.seed)
+        with MusicGen.load(
+            args.export_dir,
+            provider=args.provider,
+            threads=args.threads,
+            verify=False,
+            max_batch=slots,
+            max_queued=args.requests,
+        ) as model:
+            model.generate("warm-up", max_new_tokens=10)
+            log.info(
+                "%s: %d requests, %s",
+                mode,
+                len(requests),
+                f"{args.clients} clients" if args.clients else f"rate {args.rate}/s",
+            )
+            if mode == "static":
+                wall = run_static(model, requests, args.clients, args.rate, args.seed, args.slots)
+            else:
+                wall = run_engine(model, requests, args.clients, args.rate, args.seed)
+            rows.append(summarise(mode, requests, wall, model.sampling_rate))
+            log.info("%s: %.1f s of audio in %.1f s", mode, rows[-1]["audio_seconds"], wall)
+    load = f"{args.clients} clients (closed loop)" if args.clients else f"Poisson {args.rate} req/s"
+    print(f"{args.requests} requests of {args.min_seconds:g}-{args.max_seconds:g} s, {load}, slots {args.slots}")
+    print("| mode | throughput (audio s/s) | latency p50 s | p95 s | first audio p50 s | p95 s | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['mode']} | {r['throughput']:.2f} | {r['latency_p50']:.1f} | {r['latency_p95']:.1f} | "
+            f"{r['ttfa_p50']:.1f} | {r['ttfa_p95']:.1f} | {r['wall_s']:.1f} |"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.out.write_text(json.dumps({"settings": settings, "modes": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
