@@ -49,7 +49,7 @@ class TimedSession:
 
 
 def wrap_sessions(model: Any, calls: list[tuple[str, float]]) -> list[str]:
-    """Replace every InferenceSession held by ``model`` (or one level below) by a TimedSession.
+    """Replace every InferenceSession held by ``model`` or the runtime objects it holds by a TimedSession.
 
     The role of a session is the manifest role of the file it was opened from (``decoder``, ...).
     """
@@ -65,10 +65,19 @@ def wrap_sessions(model: Any, calls: list[tuple[str, float]]) -> list[str]:
             proxies[id(session)] = TimedSession(session, role, calls)
         return proxies[id(session)]
 
-    for owner in [model, *[v for v in vars(model).values() if hasattr(v, "__dict__")]]:
+    seen: set[int] = set()
+
+    def walk(owner: Any, depth: int) -> None:  # the facade, its engine, the batching engine, its slot decoder
+        if id(owner) in seen or depth > 3 or not hasattr(owner, "__dict__"):
+            return
+        seen.add(id(owner))
         for attr, value in list(vars(owner).items()):
             if isinstance(value, ort.InferenceSession):
                 setattr(owner, attr, proxy(value))
+            elif type(value).__module__.startswith("musicgen_onnx"):
+                walk(value, depth + 1)
+
+    walk(model, 0)
     return sorted({p._role for p in proxies.values()})
 
 

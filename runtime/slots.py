@@ -80,9 +80,8 @@ class SlotDecoder:
 
     # ---- buffers ---------------------------------------------------------------------------------
     def _device(self, shape, dtype) -> ort.OrtValue:
-        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
-        value.update_inplace(np.zeros(shape, dtype))
-        return value
+        """Uninitialised device memory: the cache is written before it is read, the rest is uploaded."""
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
 
     def _allocate_text(self, width: int) -> None:
         """(Re)allocate the cross K/V and text-mask rows at ``width`` tokens, keeping what they hold."""
