@@ -187,6 +187,35 @@ def summarise(mode: str, requests: list[Request], wall: float, sampling_rate: in
     }
 
 
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    """Throughput per mode, and each request's latency and time to first audio against its duration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    modes = [r["mode"] for r in rows]
+    ax1.bar(modes, [r["throughput"] for r in rows], color=["C0", "C1", "C2"][: len(rows)])
+    ax1.set_ylabel("seconds of audio per wall second")
+    ax1.set_title("throughput")
+    for i, r in enumerate(rows):
+        reqs = r["per_request"]
+        durations = [q["duration"] for q in reqs]
+        ax2.scatter(durations, [q["done"] - q["arrival"] for q in reqs], color=f"C{i}", label=f"{r['mode']} latency")
+        ax2.scatter(
+            durations, [q["first_audio"] - q["arrival"] for q in reqs], color=f"C{i}", marker="x", label="first audio"
+        )
+    ax2.set_xlabel("requested duration (s)")
+    ax2.set_ylabel("seconds after arrival")
+    ax2.set_title("latency (dots) and time to first audio (x)")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dir", type=Path)
@@ -202,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["engine", "sequential", "static"])
     parser.add_argument("--no-spin", action="store_true", help="load with allow_spinning=False")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="JSON record")
+    parser.add_argument("--plot", type=Path, help="PNG: throughput, latency and time to first audio per mode")
     args = parser.parse_args(argv)
     if args.clients is None and args.rate is None:
         args.clients = 4
@@ -243,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {r['mode']} | {r['throughput']:.2f} | {r['latency_p50']:.1f} | {r['latency_p95']:.1f} | "
             f"{r['ttfa_p50']:.1f} | {r['ttfa_p95']:.1f} | {r['wall_s']:.1f} |"
+        )
+    if args.plot:
+        plot(
+            rows,
+            f"{args.export_dir.name}: {args.requests} requests of {args.min_seconds:g}-{args.max_seconds:g} s, {load}",
+            args.plot,
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
