@@ -62,9 +62,7 @@ class SlotDecoder:
         past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
         self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self.text_width = MIN_TEXT_WIDTH
-        self._run_options = ort.RunOptions()
-        if full_rows:
-            self._run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self.graph_id = graph_id  # CUDA-graph annotation of the step (-1: never captured)
         # host-side inputs of every step
         self.ids = np.zeros((self.rows, self.num_codebooks, 1), np.int64)
         self.positions = np.zeros((self.rows, 1), np.int64)
@@ -96,6 +94,10 @@ class SlotDecoder:
             mask[:, :keep] = self.mask[:, :keep]
         self.mask, self.text_width = mask, width
         self._bindings: dict[int, ort.IOBinding] = {}
+        if self.full_rows and old is not None and self.graph_id >= 0:
+            self.graph_id += 1  # new buffer addresses: a captured graph must not be replayed on them
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("gpu_graph_id", str(self.graph_id if self.full_rows else -1))
         if self.full_rows:
             self._cross_values = [self._device(shape, self.dtype) for _ in self.cross_names]
             self._mask_value = self._device(self.mask.shape, np.int64)

@@ -139,7 +139,8 @@ def test_full_rows_layout_equals_compact(exported_stereo):
     model = MusicGen.load(exported_stereo, provider="cpu")
     full = BatchEngine(model.engine, max_batch=3, max_seconds=2.0, full_rows=True)
     try:
-        specs = REQUESTS[:2] + REQUESTS[3:]
+        long_text = " ".join(["a slow waltz for strings and a lonely clarinet"] * 4)  # > 16 tokens: wider slots
+        specs = [*REQUESTS[:2], *REQUESTS[3:], dict(texts=long_text, duration=0.5, do_sample=False)]
         expected = [_alone(model, spec) for spec in specs]
         handles = []
         for spec in specs:
@@ -148,9 +149,22 @@ def test_full_rows_layout_equals_compact(exported_stereo):
             handles.append(full.submit(model.request(texts, **spec)))
         for handle, codes in zip(handles, expected, strict=True):
             np.testing.assert_array_equal(handle.result(timeout=120), codes)
+        assert full.decoder.text_width > 16
     finally:
         full.close()
         model.close()
+
+
+def test_wider_text_gets_a_new_cuda_graph_id(stereo):
+    """Growing the text width moves the buffers: a captured graph must not be replayed on the new addresses."""
+    engine = stereo.engine
+    dec = SlotDecoder(engine.decoder, engine.manifest, slots=1, length=16, full_rows=True, graph_id=1)
+    cond = engine.condition(["short"], 1)
+    dec.set_text(0, [kv[0] for kv in cond.cross_kv], cond.text_mask[0])
+    assert (dec.graph_id, dec.text_width) == (1, 16)
+    wide = engine.condition([" ".join(["word"] * 40)], 1)
+    dec.set_text(0, [kv[0] for kv in wide.cross_kv], wide.text_mask[0])
+    assert dec.graph_id == 2 and dec.text_width > 16
 
 
 def test_queue_limit_is_a_distinct_error_and_cancel_frees_the_slot(exported_mono):
