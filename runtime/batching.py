@@ -17,11 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import onnxruntime as ort
 
 from .engine import Conditioning, Engine
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens
 from .job import GenerationRequest
 from .plan import GenerationPlan, Window
+from .sampler import GraphSampler
 from .slots import SlotDecoder
 
 logger = logging.getLogger("musicgen_onnx")
@@ -75,11 +77,14 @@ class RequestHandle:
         """Final codes [B, K, frames_ready]."""
         return self.buffer[..., : self.frames_ready]
 
-    def stop(self) -> None:
-        """End generation at the next step; ``result`` returns the frames made so far."""
+    def stop(self, frames: int | None = None) -> None:
+        """End generation at the next step; ``result`` returns the frames made so far, or the first ``frames`` of
+        them (the count the caller saw when it decided, so the result does not depend on the engine's timing)."""
         with self._changed:
             if not self.done:
                 self.stopped = True
+                if frames is not None:
+                    self.frames_ready = min(self.frames_ready, frames)
                 self._changed.notify_all()
 
     def cancel(self) -> None:
@@ -112,6 +117,9 @@ class RequestHandle:
 
     def _update(self, **changes) -> None:
         with self._changed:
+            if self.stopped:  # frames made after a stop are not part of the result
+                changes.pop("frames_ready", None)
+                changes.pop("finished", None)
             for name, value in changes.items():
                 setattr(self, name, value)
             self._changed.notify_all()
@@ -120,7 +128,7 @@ class RequestHandle:
 class _Run:
     """Engine-thread state of one admitted request: its slots and the window being generated."""
 
-    def __init__(self, handle: RequestHandle, slots: list[int]) -> None:
+    def __init__(self, handle: RequestHandle, slots: list[int], engine: Engine) -> None:
         self.handle = handle
         self.slots = slots
         self.rng = np.random.default_rng(handle.request.seed)
@@ -132,6 +140,13 @@ class _Run:
         self.prefill: np.ndarray | None = None  # [B, K, start_len]
         self.fed = 0  # columns of the current window fed to the decoder
         self.done_frames = 0  # frames of the current window already in the buffer
+        self.sampler: GraphSampler | None = None  # token selection in the exported sampler graph (device sampling)
+        if engine.sampler is not None:
+            d = engine.manifest.decoder
+            o = self.options
+            self.sampler = GraphSampler(engine.sampler, d.vocab_size, d.num_codebooks, engine.device)
+            scale = o.guidance_scale if self.cfg else 1.0
+            self.sampler.start(handle.request.batch, scale, o.temperature, o.top_k, o.top_p, o.do_sample)
 
 
 class BatchEngine:
@@ -159,7 +174,7 @@ class BatchEngine:
         self.max_batch, self.max_seconds, self.max_queued = max_batch, float(max_seconds), max_queued
         # one window of max_seconds: start column + frames + (C - 1) delay columns
         self.cache_length = min(m.decoder.max_positions, int(np.floor(max_seconds * fr + 1e-6)) + c)
-        self.full_rows = engine.device != "cpu" if full_rows is None else full_rows
+        self.full_rows = engine.fixed_buffers if full_rows is None else full_rows
         self.decoder = SlotDecoder(
             engine.decoder,
             m,
@@ -277,7 +292,7 @@ class BatchEngine:
                 continue
             self._free.sort()
             slots, self._free = self._free[: handle.request.batch], self._free[handle.request.batch :]
-            run = _Run(handle, slots)
+            run = _Run(handle, slots, self.engine)
             for b, slot in enumerate(slots):
                 cond = handle.conditioning
                 self.decoder.set_text(slot, [kv[b] for kv in cond.cross_kv], cond.text_mask[b])
@@ -355,6 +370,12 @@ class BatchEngine:
         options = run.options
         vocab = logits.shape[-1]
         rows = np.concatenate([logits[:, 0], logits[:, 1]]) if run.cfg else logits[:, 0]
+        state = run.state
+        if run.sampler is not None:  # the same rows and uniforms, through the sampler graph
+            value = ort.OrtValue.ortvalue_from_numpy(rows.astype(self.decoder.dtype), self.engine.device, 0)
+            state.write(run.sampler.sample(value, run.rng))
+            self._collect(run)
+            return
         scores = process_logits(
             rows.reshape(-1, vocab),
             guidance_scale=options.guidance_scale if run.cfg else None,
@@ -363,7 +384,6 @@ class BatchEngine:
             top_k=options.top_k or None,
             top_p=options.top_p,
         )
-        state = run.state
         state.write(select_tokens(scores, do_sample=options.do_sample, rng=run.rng))
         self._collect(run)
 
@@ -404,7 +424,7 @@ def follow(handle: RequestHandle, progress: Callable[[int, int], bool | None] | 
                 break
             yield frames
             if progress is not None and progress(frames, total) is False:
-                handle.stop()
+                handle.stop(frames)
         handle.result()  # raises if the request failed or was cancelled
         if handle.finished and progress is not None:
             progress(total, total)

@@ -8,7 +8,6 @@ use of the ids it is given once it returns (the caller may pass a view of its ow
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,29 +87,9 @@ class ConcatDecoderRunner:
         return outputs[0]
 
 
-#: Buffer lengths are rounded up to these steps in fixed-buffer (CUDA-graph) mode, so that generations
-#: of nearby lengths share one set of buffers and one captured graph.
-CACHE_LENGTH_STEP = 256
-#: At most this many buffer sets (and captured graphs) are kept; further shapes run uncaptured.
-MAX_BUFFER_SETS = 8
-
-
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
-def _text_bucket(length: int) -> int:
-    """Text lengths are padded to a power of two (>= 16): the cross K/V shapes of a captured graph are fixed."""
-    return max(16, 1 << (max(1, length) - 1).bit_length())
-
-
 @dataclass
 class _Buffers:
-    """The device tensors of one (rows, cache length, text length) shape (the pool's key), and the step's binding.
-
-    Everything a single-token step reads or writes lives here at a fixed address: that is what lets
-    onnxruntime capture the step once as a CUDA graph and replay it (only the values change).
-    """
+    """The device tensors of one generation, and the binding its single-token steps reuse."""
 
     length: int  # cache positions
     cache: list[ort.OrtValue]
@@ -121,14 +100,6 @@ class _Buffers:
     step_positions: ort.OrtValue
     step_total: ort.OrtValue  # host memory: GroupQueryAttention reads it on the CPU
     step_binding: ort.IOBinding
-    graph_id: int  # CUDA-graph annotation; -1: never captured
-    in_use: bool = False
-
-
-#: Fixed buffer sets by (rows, cache length, text length); owned by the model, shared by its runners.
-BufferPool = dict[tuple[int, int, int], _Buffers]
-#: Taking and returning pooled buffer sets is atomic: generations may run in several threads.
-_POOL_LOCK = threading.Lock()
 
 
 class StaticDecoderRunner:
@@ -137,29 +108,14 @@ class StaticDecoderRunner:
     Each ``past_key.i`` buffer is bound as both the input and the ``present_key.i`` output, so
     onnxruntime writes only the new rows (docs/design.md §6). All inputs and outputs are OrtValues on the
     session's device, bound once per generation: a single-token step costs one ``run_with_iobinding``
-    plus two tiny host copies in place (token ids, position) and the logits out.
-    Call ``release`` when the generation ends.
-
-    Single-token steps (the prefill too, when there is no audio prompt) share one binding; a
-    multi-token prefill gets its own. Given a ``pool`` (fixed-buffer mode, for CUDA graphs) the
-    buffers are also padded to bucketed shapes (cache length to a multiple of ``CACHE_LENGTH_STEP``,
-    text length to a power of two; padded text is masked out) and kept between generations,
-    single-token steps pass the buffer length as ``total_sequence_length`` (the true length comes
-    from the position, so every replay sees identical host inputs), and steps run with a
-    ``gpu_graph_id`` per buffer set: onnxruntime captures the step on its first runs and replays it
-    afterwards. The same logic runs on the CPU, where the annotation is ignored.
+    plus two tiny host copies in place (token ids, positions) and the logits out. Single-token steps
+    (the prefill too, when there is no audio prompt) share one binding; a multi-token prefill gets its own.
+    This runs one request alone; requests that share a decoder batch run in ``slots.SlotDecoder``.
     """
 
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        manifest: Manifest,
-        device: str = "cpu",
-        pool: BufferPool | None = None,
-    ) -> None:
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cpu") -> None:
         self.session = session
         self.device = device
-        self.fixed_buffers = pool is not None
         spec = manifest.graphs["decoder"]
         d = manifest.decoder
         self.num_heads, self.head_dim, self.num_codebooks, self.vocab = (
@@ -176,71 +132,36 @@ class StaticDecoderRunner:
         # fp16 exports keep the cache, cross K/V and logits in fp16 (the loop casts logits to fp32)
         past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
         self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
-        self._pool: BufferPool = {} if pool is None else pool
         self._buffers: _Buffers | None = None
         self._past = 0
-        self._step_options: ort.RunOptions | None = None
-        self._uncaptured = _run_options(-1) if self.fixed_buffers else None
-
-    @property
-    def buffers(self) -> _Buffers | None:
-        """The buffer set this generation runs on (None before ``start`` and after ``release``)."""
-        return self._buffers
+        # never captured: the buffers live for one generation (a CUDA-graph session captures only when asked)
+        self._uncaptured = ort.RunOptions()
+        self._uncaptured.add_run_config_entry("gpu_graph_id", "-1")
 
     def release(self) -> None:
-        """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""
-        if self._buffers is not None:
-            with _POOL_LOCK:
-                self._buffers.in_use = False
+        """Free this generation's buffers."""
         self._buffers = None
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
-        rows, text_len = encoder_attention_mask.shape
         if max_length > self.max_positions:
             raise ValueError(f"max_length {max_length} exceeds the decoder's {self.max_positions} positions")
-        if self.fixed_buffers:
-            length = min(_round_up(max_length, CACHE_LENGTH_STEP), self.max_positions)
-            key = (rows, length, _text_bucket(text_len))
-            with _POOL_LOCK:
-                buffers = self._pool.get(key)
-                if buffers is None or buffers.in_use:  # in use: another generation of this model is running
-                    pooled = buffers is None and len(self._pool) < MAX_BUFFER_SETS
-                    buffers = self._allocate(rows, length, key[2], len(self._pool) + 1 if pooled else -1)
-                    if pooled:
-                        self._pool[key] = buffers
-                buffers.in_use = True
-            pad = key[2] - text_len
-            for value, array in zip(buffers.cross, cross_kv, strict=True):
-                value.update_inplace(np.pad(np.asarray(array, self.dtype), ((0, 0), (0, 0), (0, pad), (0, 0))))
-            buffers.mask.update_inplace(np.pad(np.asarray(encoder_attention_mask, np.int64), ((0, 0), (0, pad))))
-            self._step_options = _run_options(buffers.graph_id)
-        else:
-            buffers = self._allocate(rows, max_length, text_len, -1, cross_kv, encoder_attention_mask)
-            self._step_options = None
-        self._buffers, self._past = buffers, 0
+        self._buffers, self._past = self._allocate(max_length, cross_kv, encoder_attention_mask), 0
 
-    def _allocate(self, rows, length, text_len, graph_id, cross_kv=None, mask=None) -> _Buffers:
+    def _allocate(self, length: int, cross_kv: list[np.ndarray], mask: np.ndarray) -> _Buffers:
         def new(shape, dtype) -> ort.OrtValue:
             return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, 0)
 
-        if cross_kv is None:
-            cross = [new([rows, self.num_heads, text_len, self.head_dim], self.dtype) for _ in self.cross_names]
-            mask_value = new([rows, text_len], np.int64)
-        else:
-            cross = [_device_value(a, self.dtype, self.device) for a in cross_kv]
-            mask_value = _device_value(mask, np.int64, self.device)
-        cache = [new([rows, self.num_heads, length, self.head_dim], self.dtype) for _ in self.past_names]
+        rows = mask.shape[0]
         buffers = _Buffers(
             length=length,
-            cache=cache,
-            cross=cross,
-            mask=mask_value,
+            cache=[new([rows, self.num_heads, length, self.head_dim], self.dtype) for _ in self.past_names],
+            cross=[_device_value(a, self.dtype, self.device) for a in cross_kv],
+            mask=_device_value(mask, np.int64, self.device),
             logits=new([rows, self.num_codebooks, self.vocab], self.dtype),
             step_ids=new([rows, self.num_codebooks, 1], np.int64),
             step_positions=new([rows, 1], np.int64),
             step_total=_device_value(np.array(length, np.int32), np.int32, "cpu"),
             step_binding=self.session.io_binding(),
-            graph_id=graph_id,
         )
         self._bind(buffers, buffers.step_binding, buffers.step_ids, buffers.step_positions, buffers.step_total)
         return buffers
@@ -269,23 +190,19 @@ class StaticDecoderRunner:
         if seq_len == 1:
             buffers.step_ids.update_inplace(ids)
             buffers.step_positions.update_inplace(np.full((ids.shape[0], 1), self._past, np.int64))
-            if not self.fixed_buffers:  # a captured graph needs a constant total; otherwise pass the true one
-                buffers.step_total.update_inplace(np.array(self._past + 1, np.int32))
-            self.session.run_with_iobinding(buffers.step_binding, self._step_options)
+            buffers.step_total.update_inplace(np.array(self._past + 1, np.int32))
+            self.session.run_with_iobinding(buffers.step_binding, self._uncaptured)
         else:
             if self._past:
                 raise ValueError("a multi-token input is only supported as the first call (the prefill)")
             binding = self.session.io_binding()
-            positions = np.ascontiguousarray(
-                np.broadcast_to(np.arange(seq_len, dtype=np.int64), (ids.shape[0], seq_len))
-            )
-            total = np.array(seq_len, np.int32)
+            positions = np.tile(np.arange(seq_len, dtype=np.int64), (ids.shape[0], 1))
             self._bind(
                 buffers,
                 binding,
                 _device_value(ids, np.int64, self.device),
                 _device_value(positions, np.int64, self.device),
-                _device_value(total, np.int32, "cpu"),
+                _device_value(np.array(seq_len, np.int32), np.int32, "cpu"),
             )
             self.session.run_with_iobinding(binding, self._uncaptured)
         self._past += seq_len
@@ -295,16 +212,8 @@ class StaticDecoderRunner:
         return self.run(input_ids).numpy()
 
 
-def _run_options(graph_id: int) -> ort.RunOptions:
-    """Run options carrying onnxruntime's CUDA-graph annotation (-1: run without capturing)."""
-    options = ort.RunOptions()
-    options.add_run_config_entry("gpu_graph_id", str(graph_id))
-    return options
-
-
-def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu", pool: BufferPool | None = None):
-    """The runner matching the exported decoder graph (manifest.decoder.kv_cache); a ``pool`` selects
-    fixed-buffer mode (static cache only)."""
+def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu"):
+    """The runner matching the exported decoder graph (manifest.decoder.kv_cache)."""
     if manifest.decoder.kv_cache == "static":
-        return StaticDecoderRunner(session, manifest, device, pool)
+        return StaticDecoderRunner(session, manifest, device)
     return ConcatDecoderRunner(session, manifest, device)

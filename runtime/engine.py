@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .decoder_runner import BufferPool, make_runner
+from .decoder_runner import make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .manifest import Manifest, verify_files
 from .options import SamplingOptions
@@ -85,10 +85,9 @@ class Engine:
             model_dir / graphs["decoder"].file, providers, options, cuda_graph
         )
         check_session_providers(self.decoder, providers, "cuda")
-        #: Fixed decoder buffers kept between generations: captured CUDA graphs point at them. On by default
-        #: with CUDA graphs; ``fixed_buffers=True`` runs the same buffer logic without them (e.g. on the CPU).
-        pooled = self.cuda_graph if fixed_buffers is None else fixed_buffers
-        self.buffer_pool: BufferPool | None = {} if pooled else None
+        #: Decoder buffers at fixed addresses, every step over all rows: what CUDA-graph capture needs (on with
+        #: CUDA; ``fixed_buffers=True`` runs the same layout on the CPU). Used by the batching engine.
+        self.fixed_buffers = self.device != "cpu" if fixed_buffers is None else bool(fixed_buffers)
         self.sampler = self._open(graphs["sampler"].file) if device_sampling else None
         self.codec_decoder = self._open(graphs["encodec_decode"].file)
         self._codec_encoder: ort.InferenceSession | None = None  # opened on the first audio prompt
@@ -236,12 +235,8 @@ class Engine:
 
     # ---- the step loop -----------------------------------------------------------------------------
     def decoder_runner(self):
-        """A runner for one generation (``start`` / ``step`` / ``release``) over this engine's decoder."""
-        return make_runner(self.decoder, self.manifest, self.device, self.buffer_pool)
-
-    def buffer_sets(self) -> list[tuple[tuple[int, int, int], bool]]:
-        """The pooled fixed buffer sets: ((rows, cache length, text length), in use), for inspection."""
-        return [(key, buffers.in_use) for key, buffers in (self.buffer_pool or {}).items()]
+        """A runner for one generation alone (``start`` / ``step`` / ``release``) over this engine's decoder."""
+        return make_runner(self.decoder, self.manifest, self.device)
 
     def window_steps(
         self,

@@ -10,7 +10,6 @@ import pytest
 from musicgen_onnx.export import export_model
 from musicgen_onnx.export.cuda_graph_check import check_cuda_graph
 from musicgen_onnx.runtime import MusicGen
-from musicgen_onnx.runtime.decoder_runner import CACHE_LENGTH_STEP, MAX_BUFFER_SETS, StaticDecoderRunner
 from onnx import TensorProto, helper
 
 
@@ -104,83 +103,30 @@ def test_check_rules_on_small_graphs():
     assert "control flow" in check_cuda_graph(control_flow).problems[0]
 
 
-def _prompt(manifest, rows, text_len, rng):
-    d = manifest.decoder
-    cross = [rng.standard_normal((rows, d.num_heads, text_len, d.head_dim)).astype(np.float32)]
-    mask = np.ones((rows, text_len), np.int64)
-    mask[-1, text_len // 2 :] = 0
-    return cross * (2 * d.num_layers), mask
-
-
-def test_fixed_buffer_runner_matches_plain_runner(exported_stereo):
-    model = MusicGen.load(exported_stereo, provider="cpu")
-    manifest, session = model.manifest, model.engine.decoder
-    d = manifest.decoder
-    rng = np.random.default_rng(0)
-    pool = {}
-    for rows, text_len, prefill, steps in [(2, 5, 3, 20), (4, 11, 1, 12), (2, 9, 1, 30)]:
-        cross, mask = _prompt(manifest, rows, text_len, rng)
-        plain = StaticDecoderRunner(session, manifest)
-        fixed = StaticDecoderRunner(session, manifest, pool=pool)
-        for runner in (plain, fixed):
-            runner.start(cross, mask, max_length=prefill + steps)
-        ids = rng.integers(0, d.vocab_size + 1, (rows, d.num_codebooks, prefill + steps))
-        for t in range(steps + 1):
-            feed = ids[..., :prefill] if t == 0 else ids[..., prefill + t - 1 : prefill + t]
-            np.testing.assert_allclose(fixed.step(feed), plain.step(feed), atol=1e-5, rtol=0)
-        plain.release()
-        fixed.release()
-    # (2, 5) and (2, 9) share text bucket 16 and cache length 256: one buffer set, one graph id
-    assert sorted(pool) == [(2, CACHE_LENGTH_STEP, 16), (4, CACHE_LENGTH_STEP, 16)]
-    assert sorted(b.graph_id for b in pool.values()) == [1, 2]
-
-
-def test_fixed_buffers_are_reused_and_never_shared(exported_stereo):
-    model = MusicGen.load(exported_stereo, provider="cpu")
-    rng = np.random.default_rng(1)
-    pool = {}
-    cross, mask = _prompt(model.manifest, 2, 4, rng)
-    first = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
-    first.start(cross, mask, max_length=40)
-    kept = first.buffers
-    second = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
-    second.start(cross, mask, max_length=40)  # same shape while the first is running: a private set
-    assert second.buffers is not kept and second.buffers.graph_id == -1
-    first.release()
-    second.release()
-    third = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
-    third.start(cross, mask, max_length=200)
-    assert third.buffers is kept  # same bucket again: the captured graph's addresses stay valid
-    third.release()
-    for rows in range(3, 3 + MAX_BUFFER_SETS):
-        runner = StaticDecoderRunner(model.engine.decoder, model.manifest, pool=pool)
-        runner.start(*_prompt(model.manifest, rows, 4, rng), max_length=10)
-        runner.release()
-    assert len(pool) == MAX_BUFFER_SETS and runner.buffers is None
-
-
 def test_generation_with_fixed_buffers_equals_plain(exported_stereo):
+    """The CUDA-graph layout (fixed buffers, every row every step, prompts as forced tokens) on the CPU."""
     plain = MusicGen.load(exported_stereo, provider="cpu")
-    fixed = MusicGen.load(exported_stereo, provider="cpu", fixed_buffers=True)  # what cuda_graph=True sets up
+    fixed = MusicGen.load(exported_stereo, provider="cpu", fixed_buffers=True)  # what CUDA sets up
+    assert fixed.batcher.full_rows and not plain.batcher.full_rows
     kwargs = dict(max_new_tokens=30, do_sample=False, guidance_scale=3.0)
     texts = ["an upbeat rock song", "calm piano with a slow melody"]
     reference = plain.generate_detailed(texts, **kwargs).codes
-    for _ in range(2):  # the second run replays on the same buffers
+    for _ in range(2):  # the second run reuses the same buffers
         np.testing.assert_array_equal(fixed.generate_detailed(texts, **kwargs).codes, reference)
-    assert len(fixed.engine.buffer_sets()) == 1
 
 
 def test_cuda_graph_option_errors(exported_stereo):
     with pytest.raises(ValueError, match="cuda_graph=True needs the CUDA execution provider"):
         MusicGen.load(exported_stereo, provider="cpu", cuda_graph=True)
     model = MusicGen.load(exported_stereo, provider="cpu", cuda_graph=False)
-    assert not model.cuda_graph and model.engine.buffer_sets() == []
+    assert not model.cuda_graph and not model.batcher.full_rows
 
 
 def test_fp16_export_runs_the_gpu_configuration_on_cpu(exported_fp16):
     """fp16 cache and logits, fixed buffers and the sampler graph together: what a GPU runs."""
     host = MusicGen.load(exported_fp16, provider="cpu")
     gpu_like = MusicGen.load(exported_fp16, provider="cpu", device_sampling=True, fixed_buffers=True)
+    assert gpu_like.device_sampling and gpu_like.batcher.full_rows
     kwargs = dict(max_new_tokens=25, do_sample=True, top_k=50, guidance_scale=3.0, seed=2)
     expected = host.generate_detailed(["warm synth pads"], **kwargs).codes
     np.testing.assert_array_equal(gpu_like.generate_detailed(["warm synth pads"], **kwargs).codes, expected)
