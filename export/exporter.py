@@ -22,11 +22,15 @@ from musicgen_onnx.runtime.manifest import (
     sha256_file,
 )
 
+from . import onnx_io
 from .cuda_graph_check import check_cuda_graph
+from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
-from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
-from .precision import apply_precision, check_precision
+from .onnx_io import DEFAULT_OPSET
+from .precision import check_precision
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
+from .weightless import trace_weightless
+from .weights_writer import write_model
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -294,21 +298,25 @@ def export_model(
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)
             path = tmp / plan.file
-            external = export_module(
+            graph = trace_weightless(
                 wrapper,
                 plan.inputs(ckpt.model, wrapper),
-                path,
                 input_names=in_names,
                 output_names=out_names,
                 dynamic_axes=axes,
                 opset=opset,
             )
+            converts = precision_changes(plan.role, precision)
+            external = write_model(graph.copy() if converts else graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
             t1 = time.perf_counter()
             if validate:
                 validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
-            if apply_precision(plan.role, path, precision):
+            if converts:
+                external = write_model(
+                    convert_precision(plan.role, graph, precision), path, onnx_io.EXTERNAL_DATA_MIN_BYTES
+                )
                 smoke_test(plan.role, path, ckpt.model, wrapper)
-                external = external_data_files(path)
+            del graph
             t2 = time.perf_counter()
             logger.info(
                 "%-15s %-22s %10s  export %5.1f s  validate %5.1f s",
