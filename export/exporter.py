@@ -26,8 +26,10 @@ from . import onnx_io
 from .cuda_graph_check import check_cuda_graph
 from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
+from .memory import return_freed_memory_to_os
 from .onnx_io import DEFAULT_OPSET
 from .precision import check_precision
+from .random_weights import canonical_name
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
 from .weightless import trace_weightless
 from .weights_writer import write_model
@@ -35,6 +37,8 @@ from .weights_writer import write_model
 logger = logging.getLogger("musicgen_onnx")
 
 TOKENIZER_FILE = "tokenizer.json"
+#: where --random-weights puts the decoder's weights while exporting (inside the temporary directory)
+RANDOM_WEIGHTS_SCRATCH = ".random-weights.bin"
 #: T5's relative attention has no hard limit; this bounds memory and matches the T5 tokenizer.
 MAX_TEXT_TOKENS = 512
 
@@ -281,15 +285,21 @@ def export_model(
     _prepare_target(output_dir, overwrite)
 
     started = time.perf_counter()
-    ckpt = (
-        load_random_weights(random_weights, seed=seed) if random_weights else load_checkpoint(source, revision=revision)
-    )
-    logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
+    return_freed_memory_to_os()
+    if random_weights:
+        canonical_name(random_weights)  # unknown names fail before anything is written
+    else:
+        ckpt = load_checkpoint(source, revision=revision)  # memory-mapped: its weights are file-backed pages
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
+    scratch = tmp / RANDOM_WEIGHTS_SCRATCH
     try:
+        if random_weights:
+            # the decoder's random weights go to a scratch file, mapped back like a checkpoint's
+            ckpt = load_random_weights(random_weights, seed=seed, scratch=scratch)
+        logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
@@ -336,6 +346,7 @@ def export_model(
             files.update({name: sha256_file(tmp / name) for name in external})
             if plan.role == "decoder":
                 cuda_graph = _cuda_graph_ready(path, precision, kv_cache)
+        scratch.unlink(missing_ok=True)  # still mapped by the model until it is freed, but not shipped
         ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
         manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache, cuda_graph)
