@@ -75,6 +75,7 @@ class PhaseMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.samples: list[tuple[float, int]] = []  # (perf_counter, rss)
+        self.peak_anon_rss = 0  # anonymous RSS (rss - file-backed/shared pages): mapped weight files excluded
         self.peak_gpu_used: int | None = None
         self.gpu_baseline: int | None = gpu_used_bytes() if self._gpu else None
         self.other_cpu_percent: float | None = None
@@ -86,7 +87,9 @@ class PhaseMonitor:
         return time.perf_counter(), busy, own.user + own.system
 
     def _sample(self) -> None:
-        self.samples.append((time.perf_counter(), self._proc.memory_info().rss))
+        info = self._proc.memory_info()
+        self.samples.append((time.perf_counter(), info.rss))
+        self.peak_anon_rss = max(self.peak_anon_rss, info.rss - getattr(info, "shared", 0))
 
     def _loop(self) -> None:
         next_gpu = 0.0

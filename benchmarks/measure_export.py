@@ -29,12 +29,21 @@ def run_export(spec: dict[str, Any]) -> dict[str, Any]:
         spec["out_dir"],
     )
     t0 = time.perf_counter()
-    manifest = export_model(None, spec["out_dir"], **kwargs)
+    try:
+        from musicgen_onnx.export.memory import PeakMemory
+    except ImportError:  # an exporter from before the bounded-memory export
+        PeakMemory = None
+    if PeakMemory is not None:
+        with PeakMemory() as memory:
+            manifest = export_model(None, spec["out_dir"], **kwargs)
+    else:
+        manifest = export_model(None, spec["out_dir"], **kwargs)
     elapsed = time.perf_counter() - t0
     return {
         "system": "export",
         "export_s": elapsed,
         "peak_rss_bytes": peak_rss_bytes(),
+        "peak_anon_rss_bytes": memory.peak_anon if PeakMemory is not None else None,
         "precision": manifest.precision,
         "exporter": manifest.exporter,
     }

@@ -198,6 +198,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         "end_to_end_s": wall,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_generate_bytes": mem.peak_rss,
+        "peak_anon_rss_generate_bytes": mem.peak_anon_rss,
         "peak_rss_token_loop_bytes": mem.peak_rss_before(t_end - res.timings.get("audio_decode", 0.0)),
         "peak_rss_bytes": peak_rss_bytes(),
         "other_cpu_percent": mem.other_cpu_percent,

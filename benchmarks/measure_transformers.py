@@ -147,6 +147,7 @@ def run_transformers(spec: dict[str, Any]) -> dict[str, Any]:
         "end_to_end_s": wall,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_generate_bytes": mem.peak_rss,
+        "peak_anon_rss_generate_bytes": mem.peak_anon_rss,
         "peak_rss_token_loop_bytes": mem.peak_rss_before(stops[-1]),
         "peak_rss_bytes": peak_rss_bytes(),
         "other_cpu_percent": mem.other_cpu_percent,

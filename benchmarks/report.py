@@ -71,6 +71,7 @@ def table(record: dict[str, Any]) -> str:
         ("frames/s", lambda r: _fmt(r["frames_per_s"], ".1f")),
         ("peak RSS GB", lambda r: _fmt(r["peak_rss_bytes"] / GB, ".2f")),
         ("RSS loop GB", lambda r: _fmt(r["peak_rss_token_loop_bytes"] / GB, ".2f")),
+        ("anon RSS gen GB", lambda r: _fmt((r.get("peak_anon_rss_generate_bytes") or 0) / GB or None, ".2f")),
         ("py overhead %", lambda r: _fmt(r.get("python_overhead", {}).get("percent_of_step"), ".1f")),
         ("other CPU %", lambda r: _fmt(r.get("other_cpu_percent"), ".0f")),
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import time
 from pathlib import Path
@@ -83,31 +82,33 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
     from . import export_model
+    from .memory import PeakMemory, max_rss_bytes
     from .validate import ValidationError
 
     started = time.perf_counter()
     try:
-        manifest = export_model(
-            source,
-            output,
-            random_weights=args.random_weights,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            include_audio_encoder=not args.no_audio_encoder,
-            validate=not args.no_validate,
-            revision=args.revision,
-            precision=args.precision,
-            kv_cache=args.kv_cache,
-        )
+        with PeakMemory() as memory:
+            manifest = export_model(
+                source,
+                output,
+                random_weights=args.random_weights,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                include_audio_encoder=not args.no_audio_encoder,
+                validate=not args.no_validate,
+                revision=args.revision,
+                precision=args.precision,
+                kv_cache=args.kv_cache,
+            )
     except (FileNotFoundError, FileExistsError, ValidationError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"musicgen-onnx export: error: {exc}", file=sys.stderr)
         return 2
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     total = sum(p.stat().st_size for p in Path(output).iterdir() if p.is_file()) / 1e6
+    anon = f"{memory.peak_anon / 1e9:.2f} GB" if memory.peak_anon is not None else "n/a"
     print(
         f"exported {manifest.source}{' (random weights)' if manifest.random_weights else ''} to {output}: "
         f"{len(manifest.graphs)} graphs, {total:.1f} MB, {time.perf_counter() - started:.1f} s, "
-        f"peak RSS {peak_gb:.2f} GB"
+        f"peak anonymous RSS {anon}, max RSS {max_rss_bytes() / 1e9:.2f} GB (mapped weight files included)"
     )
     return 0
 

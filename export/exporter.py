@@ -21,16 +21,24 @@ from musicgen_onnx.runtime.manifest import (
     sha256_file,
 )
 
+from . import onnx_io
 from .cuda_graph_check import check_cuda_graph
+from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
-from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
-from .precision import apply_precision, check_precision
+from .memory import return_freed_memory_to_os
+from .onnx_io import DEFAULT_OPSET
+from .precision import check_precision
+from .random_weights import canonical_name
 from .staging import StagingDir
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
+from .weightless import trace_weightless
+from .weights_writer import write_model
 
 logger = logging.getLogger("musicgen_onnx")
 
 TOKENIZER_FILE = "tokenizer.json"
+#: where --random-weights puts the decoder's weights while exporting (inside the temporary directory)
+RANDOM_WEIGHTS_SCRATCH = ".random-weights.bin"
 #: T5's relative attention has no hard limit; this bounds memory and matches the T5 tokenizer.
 MAX_TEXT_TOKENS = 512
 
@@ -272,14 +280,20 @@ def export_model(
     _prepare_target(output_dir, overwrite)
 
     started = time.perf_counter()
-    ckpt = (
-        load_random_weights(random_weights, seed=seed) if random_weights else load_checkpoint(source, revision=revision)
-    )
-    logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
-    check_start_token(_start_token_id(ckpt.model), int(ckpt.model.decoder.config.pad_token_id))
+    return_freed_memory_to_os()
+    if random_weights:
+        canonical_name(random_weights)  # unknown names fail before anything is written
+    else:
+        ckpt = load_checkpoint(source, revision=revision)  # memory-mapped: its weights are file-backed pages
+        check_start_token(_start_token_id(ckpt.model), int(ckpt.model.decoder.config.pad_token_id))
 
     with StagingDir(output_dir) as stage:
         tmp = stage.path
+        scratch = tmp / RANDOM_WEIGHTS_SCRATCH
+        if random_weights:
+            # the decoder's random weights go to a scratch file, mapped back like a checkpoint's
+            ckpt = load_random_weights(random_weights, seed=seed, scratch=scratch)
+        logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
@@ -288,21 +302,25 @@ def export_model(
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)
             path = tmp / plan.file
-            external = export_module(
+            graph = trace_weightless(
                 wrapper,
                 plan.inputs(ckpt.model, wrapper),
-                path,
                 input_names=in_names,
                 output_names=out_names,
                 dynamic_axes=axes,
                 opset=opset,
             )
+            converts = precision_changes(plan.role, precision)
+            external = write_model(graph.copy() if converts else graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
             t1 = time.perf_counter()
             if validate:
                 validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
-            if apply_precision(plan.role, path, precision):
+            if converts:
+                external = write_model(
+                    convert_precision(plan.role, graph, precision), path, onnx_io.EXTERNAL_DATA_MIN_BYTES
+                )
                 smoke_test(plan.role, path, ckpt.model, wrapper)
-                external = external_data_files(path)
+            del graph
             t2 = time.perf_counter()
             logger.info(
                 "%-15s %-22s %10s  export %5.1f s  validate %5.1f s",
@@ -322,6 +340,7 @@ def export_model(
             files.update({name: sha256_file(tmp / name) for name in external})
             if plan.role == "decoder":
                 cuda_graph = _cuda_graph_ready(path, precision, kv_cache)
+        scratch.unlink(missing_ok=True)  # still mapped by the model until it is freed, but not shipped
         ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
         manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache, cuda_graph)

@@ -79,13 +79,16 @@ def load_checkpoint(source: str, *, revision: str | None = None) -> LoadedCheckp
     return LoadedCheckpoint(model=model, tokenizer=backend, source=source, random_weights=False)
 
 
-def load_random_weights(name: str, *, seed: int = 0) -> LoadedCheckpoint:
-    """The real architecture of a released checkpoint with random weights, for latency work."""
+def load_random_weights(name: str, *, seed: int = 0, scratch: Path | None = None) -> LoadedCheckpoint:
+    """The real architecture of a released checkpoint with random weights, for latency work.
+
+    With ``scratch`` (a file path) the decoder's weights are written there and memory-mapped back.
+    """
     from .random_weights import build_random_model, is_melody
 
     if is_melody(name):
         _reject_unsupported(MELODY_MODEL_TYPES[0], name)
-    model, tokenizer = build_random_model(name, seed=seed)
+    model, tokenizer = build_random_model(name, seed=seed, scratch=scratch)
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, source=name, random_weights=True)
 
 

@@ -62,6 +62,10 @@ def export_module(
 ) -> list[str]:
     """Trace ``module`` with the TorchScript exporter; return the external-data file names written.
 
+    This whole-model path holds every weight several times (traced in, folded, loaded, re-saved); the
+    exporter now uses ``weightless.trace_weightless`` + ``weights_writer.write_model`` instead. It is kept
+    as the reference ``tests/test_bounded_export.py`` compares the new path against.
+
     The TorchScript exporter (dynamo=False) is used for every graph: the dynamo exporter freezes
     EnCodec's lengths (docs/design.md §15).
     """

@@ -73,7 +73,11 @@ def convert_fp16(path: Path, keep_inputs: tuple[str, ...] = ()) -> None:
 
 
 def apply_precision(role: str, path: Path, precision: str) -> bool:
-    """Convert one exported fp32 graph in place; returns whether it changed."""
+    """Convert one exported fp32 graph in place; returns whether it changed.
+
+    Loads the whole graph: the exporter converts per tensor instead (``lazy_precision``), with the same
+    result; this is the reference the tests compare that against.
+    """
     if role not in PRECISIONS[precision]:
         return False
     if precision == "fp16":

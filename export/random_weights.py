@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 KNOWN_CHECKPOINTS: tuple[str, ...] = (
@@ -110,31 +111,44 @@ def randomize_codebooks(model) -> None:
             layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
 
 
-def build_random_model(name: str, seed: int = 0):
+def build_random_model(name: str, seed: int = 0, scratch: Path | None = None):
     """Build the real architecture of ``name`` with random weights: ``(model, tokenizer)``.
 
-    ``model`` is a ``MusicgenForConditionalGeneration`` (or ``MusicgenMelodyForConditionalGeneration``) with
-    transformers' own initialization under ``torch.manual_seed(seed)`` (the caller's global RNG state is restored
-    afterwards), fp32, ``eval()``, and ``generation_config`` set to the hub's values. ``tokenizer`` is a
-    ``tokenizers.Tokenizer`` stand-in for t5-base (ids < the text encoder's vocab size; save it with
-    ``standin_tokenizer.save_standin_tokenizer``). Full size is slow: stereo-small (~604 M params) takes ~10 s and
-    ~2.7 GB RSS on 2 CPU cores.
+    ``model`` is a ``MusicgenForConditionalGeneration`` (or ``MusicgenMelodyForConditionalGeneration``), fp32,
+    ``eval()``, with ``generation_config`` set to the hub's values and transformers' own initialization: the
+    T5 encoder and EnCodec are built as transformers builds them, under ``torch.manual_seed(seed)``; the decoder
+    is built on the meta device and initialized one module at a time, each under a seed derived from ``seed``
+    and the module's name (``random_init``), so the whole decoder never exists in anonymous memory at once.
+    With ``scratch`` (a file path) the decoder's weights are written there and memory-mapped back, as a
+    ``from_pretrained`` checkpoint is: a 3.3 B model then needs ~1 GB of RAM, not 13 GB. The same ``(name,
+    seed)`` gives the same weights either way. The caller's global RNG state is restored afterwards.
+    ``tokenizer`` is a ``tokenizers.Tokenizer`` stand-in for t5-base (ids < the text encoder's vocab size;
+    save it with ``standin_tokenizer.save_standin_tokenizer``).
     """
     import torch
     import transformers
 
+    from .random_init import ScratchFile, materialize
     from .standin_tokenizer import build_standin_tokenizer
 
     config = load_shipped_config(name)
     if is_melody(name):
-        model_cls = transformers.MusicgenMelodyForConditionalGeneration
+        model_cls, decoder_cls = (
+            transformers.MusicgenMelodyForConditionalGeneration,
+            transformers.MusicgenMelodyForCausalLM,
+        )
     else:
-        model_cls = transformers.MusicgenForConditionalGeneration
+        model_cls, decoder_cls = transformers.MusicgenForConditionalGeneration, transformers.MusicgenForCausalLM
 
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
-        model = model_cls(config)
+        text_encoder = transformers.AutoModelForTextEncoding.from_config(config.text_encoder)
+        audio_encoder = transformers.AutoModel.from_config(config.audio_encoder)
+        with torch.device("meta"):
+            decoder = decoder_cls._from_config(config.decoder)
+        model = model_cls(config, text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
         randomize_codebooks(model)
+    materialize(model.decoder, model.decoder, seed, ScratchFile(scratch) if scratch is not None else None)
     model = model.to(torch.float32).eval()
 
     gen = load_shipped_generation_config(name)

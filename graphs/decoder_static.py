@@ -108,12 +108,16 @@ class StaticCacheAttention(torch.autograd.Function):
 class DecoderStaticStep(DecoderStep):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        attn = [layer.self_attn for layer in self.layers]
-        self.qkv_weights = nn.ParameterList(
-            [nn.Parameter(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0)) for a in attn]
-        )
-        self.lm_weight = nn.Parameter(torch.cat([head.weight for head in self.lm_heads], dim=0))
         self.vocab = self.lm_heads[0].weight.shape[0]
+
+    # The fused weights are concatenated in forward, not stored: a stored copy would double the decoder's
+    # memory at export. The exporter folds each Concat (+ Transpose) into one initializer, written lazily.
+    def qkv_weight(self, layer) -> torch.Tensor:
+        attn = layer.self_attn
+        return torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], dim=0)
+
+    def lm_weight(self) -> torch.Tensor:
+        return torch.cat([head.weight for head in self.lm_heads], dim=0)
 
     def forward(
         self,
@@ -134,7 +138,7 @@ class DecoderStaticStep(DecoderStep):
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
             residual = hidden
-            qkv = torch.matmul(layer.self_attn_layer_norm(hidden), self.qkv_weights[i].t())
+            qkv = torch.matmul(layer.self_attn_layer_norm(hidden), self.qkv_weight(layer).t())
             attn, key, value = StaticCacheAttention.apply(
                 qkv, past[2 * i], past[2 * i + 1], seqlens_k, total, self.num_heads, self.scale
             )
@@ -143,7 +147,7 @@ class DecoderStaticStep(DecoderStep):
             hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], cross_bias, has_text)
 
         last = self.layer_norm(hidden[:, -1])
-        logits = torch.matmul(last, self.lm_weight.t()).reshape(batch, self.num_codebooks, self.vocab)
+        logits = torch.matmul(last, self.lm_weight().t()).reshape(batch, self.num_codebooks, self.vocab)
         return (logits, *presents)
 
     def example_inputs(

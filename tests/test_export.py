@@ -190,7 +190,9 @@ def test_cli_export(tiny_mono_checkpoint, tmp_path, capsys):
     from musicgen_onnx.runtime.cli import main
 
     assert main(["export", str(tiny_mono_checkpoint), str(tmp_path / "cli"), "--no-audio-encoder"]) == 0
-    assert "exported" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "exported" in summary
+    assert "peak anonymous RSS" in summary and "max RSS" in summary  # both memory measures
     assert Manifest.load(tmp_path / "cli").audio.channels == 1
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
