@@ -24,6 +24,7 @@ from musicgen_onnx.runtime.manifest import (
 
 from .cuda_graph_check import check_cuda_graph
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
+from .melody import is_melody_model, melody_plans, melody_spec
 from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
 from .precision import apply_precision, check_precision
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
@@ -42,6 +43,8 @@ class GraphPlan:
     build: Callable[[Any], Any]  # model -> wrapper nn.Module
     inputs: Callable[[Any, Any], tuple]  # (model, wrapper) -> example inputs for tracing
     names: Callable[[Any], tuple[list[str], list[str], dict]]  # wrapper -> (inputs, outputs, dynamic axes)
+    validator: Callable | None = None  # (path, model, wrapper, tol) -> checks; default: validate.VALIDATORS[role]
+    smoke: Callable | None = None  # (path, model, wrapper) for reduced precision; default: validate.smoke_test
 
 
 KV_CACHES = ("static", "concat")
@@ -178,6 +181,7 @@ def _build_manifest(
     model = ckpt.model
     dec = model.decoder.config
     codec = model.audio_encoder.config
+    melody = is_melody_model(model)
     hop = 1
     for ratio in codec.upsampling_ratios:
         hop *= int(ratio)
@@ -217,6 +221,8 @@ def _build_manifest(
         graphs=graphs,
         files=files,
         exporter=_versions(),
+        conditioning="prefix" if melody else "cross_attention",
+        melody=melody_spec(model, MAX_TEXT_TOKENS) if melody else None,
     )
 
 
@@ -281,6 +287,11 @@ def export_model(
         load_random_weights(random_weights, seed=seed) if random_weights else load_checkpoint(source, revision=revision)
     )
     logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
+    plans = _plans(include_audio_encoder, kv_cache, precision)
+    if is_melody_model(ckpt.model):
+        if kv_cache != "static":
+            raise ValueError("melody checkpoints are exported with kv_cache='static' only (the prefix decoder)")
+        plans = melody_plans(GraphPlan, plans, MAX_TEXT_TOKENS)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -289,7 +300,7 @@ def export_model(
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
-        for plan in _plans(include_audio_encoder, kv_cache, precision):
+        for plan in plans:
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)
@@ -305,9 +316,9 @@ def export_model(
             )
             t1 = time.perf_counter()
             if validate:
-                validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
+                validate_graph(plan.role, path, ckpt.model, wrapper, tolerance, plan.validator)
             if apply_precision(plan.role, path, precision):
-                smoke_test(plan.role, path, ckpt.model, wrapper)
+                (plan.smoke or smoke_test)(plan.role, path, ckpt.model, wrapper)
                 external = external_data_files(path)
             t2 = time.perf_counter()
             logger.info(
