@@ -236,8 +236,10 @@ class CodeGenerator:
         plan: GenerationPlan,
         options: SamplingOptions,
         rng: np.random.Generator,
+        melody: list[np.ndarray] | None = None,
     ) -> None:
         self.model = model
+        self.melody = melody  # melody checkpoints: one mono clip per row (or one for all) at the model's rate
         self.texts = texts
         self.prompt_audio = prompt_audio
         self.batch = batch
@@ -280,9 +282,9 @@ class CodeGenerator:
             self.buffer[..., :p] = prompt_codes
             self.frames_ready = p
         t0 = time.perf_counter()
-        cross_kv, text_mask = model._condition(self.texts, self.batch)
+        cross_kv, text_mask = model._condition(self.texts, self.batch, self.melody)
         self.timings["text_encode"] = time.perf_counter() - t0
-        cfg = self.texts is not None and self.options.guidance_scale > 1
+        cfg = (self.texts is not None or self.melody is not None) and self.options.guidance_scale > 1
 
         for w in plan.windows:
             given = prompt_codes if w.index == 0 else self.buffer[..., w.start : w.start + w.prompt].copy()
@@ -290,7 +292,7 @@ class CodeGenerator:
             done = w.prompt  # frames of this window already in the buffer
             first = True
             steps = model._window_steps(
-                cross_kv, text_mask, given, self.batch, w.steps, self.options, cfg, self.rng, self.step_times
+                cross_kv, text_mask, given, self.batch, w.steps, self.options, cfg, self.rng, self.step_times, w.start
             )
             for state in steps:
                 if first:

@@ -17,6 +17,7 @@ from .decoder_runner import BufferPool, make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, plan_generation
 from .manifest import Manifest, verify_files
+from .melody import MelodyCondition, MelodyDecoderRunner, prepare_melody, resolve_melody_batch
 from .options import SamplingOptions, batch_size, check_texts, resolve_sampling_options
 from .sampler import GraphSampler
 from .sessions import make_session_options, open_decoder_session, open_session, resolve_providers
@@ -68,7 +69,12 @@ class MusicGen:
         self._options = make_session_options(threads)
         graphs = manifest.graphs
         self._text_encoder = open_session(model_dir / graphs["text_encoder"].file, providers, self._options)
-        self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
+        self._cross_kv = self._melody_prefix = None  # text models: cross K/V; melody models: the prefix graph
+        if "cross_kv" in graphs:
+            self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
+        if manifest.conditioning == "prefix":
+            self._melody_prefix = open_session(model_dir / graphs["melody_prefix"].file, providers, self._options)
+            cuda_graph = False  # the prefix decoder runs uncaptured (its step binding is rebuilt per call)
         self._decoder, self.cuda_graph = open_decoder_session(
             model_dir / graphs["decoder"].file, providers, self._options, cuda_graph
         )
@@ -175,6 +181,8 @@ class MusicGen:
         seed: int | None = None,
         prompt_audio: np.ndarray | None = None,
         prompt_sample_rate: int | None = None,
+        melody: np.ndarray | Sequence[np.ndarray] | None = None,
+        melody_sample_rate: int | None = None,
         window: float | None = None,
         extend_stride: float | None = None,
         progress: ProgressCallback | None = None,
@@ -189,7 +197,9 @@ class MusicGen:
         ``duration_cap`` seconds. ``prompt_audio`` ([B, C, L] or [C, L] at ``prompt_sample_rate``) is
         continued; the returned audio starts with the (re-synthesised) prompt, as transformers returns it.
         ``progress(frames_done, frames_total)`` is called after every step; returning False stops and the
-        audio made so far is returned (``stopped_early``).
+        audio made so far is returned (``stopped_early``). Melody checkpoints only: ``melody`` ([L], [C, L],
+        [B, C, L] or a list of clips, at ``melody_sample_rate``) is followed via its chromagram (see ``melody``);
+        None uses the null melody, as transformers does.
         """
         t_start = time.perf_counter()
         job = self._job(
@@ -204,6 +214,8 @@ class MusicGen:
             seed=seed,
             prompt_audio=prompt_audio,
             prompt_sample_rate=prompt_sample_rate,
+            melody=melody,
+            melody_sample_rate=melody_sample_rate,
             window=window,
             extend_stride=extend_stride,
         )
@@ -311,6 +323,8 @@ class MusicGen:
         seed: int | None = None,
         prompt_audio: np.ndarray | None = None,
         prompt_sample_rate: int | None = None,
+        melody: np.ndarray | Sequence[np.ndarray] | None = None,
+        melody_sample_rate: int | None = None,
         window: float | None = None,
         extend_stride: float | None = None,
     ) -> CodeGenerator:
@@ -322,6 +336,9 @@ class MusicGen:
             sr = self.sampling_rate if prompt_sample_rate is None else prompt_sample_rate
             prompt = prepare_prompt_audio(prompt_audio, sr, target_sr=self.sampling_rate, channels=self.channels)
         batch = batch_size(text_list, prompt)
+        clips = None if melody is None else prepare_melody(melody, melody_sample_rate, self.manifest)
+        if clips is not None:
+            batch = resolve_melody_batch(clips, batch, text_list is not None, prompt)
         if prompt is not None and prompt.shape[0] != batch:
             prompt = np.repeat(prompt, batch, axis=0) if prompt.shape[0] == 1 else prompt
         prompt_frames = 0 if prompt is None else math.ceil(prompt.shape[-1] / self.manifest.audio.hop_length)
@@ -334,12 +351,16 @@ class MusicGen:
             extend_stride=extend_stride,
             duration_cap=self.duration_cap,
         )
-        if text_list is None and options.guidance_scale > 1:
+        if text_list is None and clips is None and options.guidance_scale > 1:
             options = replace(options, guidance_scale=1.0)  # unconditional: CFG would be a no-op
-        return CodeGenerator(self, text_list, prompt, batch, plan, options, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        return CodeGenerator(self, text_list, prompt, batch, plan, options, rng, melody=clips)
 
-    def _condition(self, texts: list[str] | None, batch: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Cross-attention K/V and text mask for the conditional batch (unconditional: zeros, T = 1)."""
+    def _condition(self, texts: list[str] | None, batch: int, melody: list[np.ndarray] | None = None):
+        """Cross-attention K/V and text mask for the conditional batch (unconditional: zeros, T = 1);
+        for melody checkpoints a ``MelodyCondition`` (and None) that builds each window's prefix."""
+        if self.manifest.conditioning == "prefix":
+            return MelodyCondition(self, texts, batch, melody), None
         d = self.manifest.decoder
         if texts is None:
             zeros = np.zeros((batch, d.num_heads, 1, d.head_dim), np.float32)
@@ -358,6 +379,7 @@ class MusicGen:
         cfg: bool,
         rng: np.random.Generator,
         step_times: list[float],
+        window_start: int = 0,
     ) -> Iterator[DelayPatternState]:
         """The delay-pattern loop of one generate call: prefill, then one decoder call per step, CFG and
         sampling in numpy (or in the sampler graph, on the device). Yields the state after every sampled
@@ -373,11 +395,16 @@ class MusicGen:
             pad_token_id=d.pad_token_id,
         )
         state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.channels)
-        if cfg:  # unconditional half: zero K/V and an all-zero text mask, exactly as transformers builds it
-            cross_kv = [np.concatenate([kv, np.zeros_like(kv)], axis=0) for kv in cross_kv]
-            text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
-        runner = make_runner(self._decoder, self.manifest, self.device, self._buffer_pool)
-        runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
+        if isinstance(cross_kv, MelodyCondition):  # melody: this window's prefix (the melody slice moves)
+            runner = MelodyDecoderRunner(self._decoder, self.manifest, self.device)
+            prefix, valid = cross_kv.prefix(window_start * self.manifest.audio.hop_length, cfg)
+            runner.start(prefix, valid, max_length=1 + prompt_len + steps)
+        else:
+            if cfg:  # unconditional half: zero K/V and an all-zero text mask, exactly as transformers builds it
+                cross_kv = [np.concatenate([kv, np.zeros_like(kv)], axis=0) for kv in cross_kv]
+                text_mask = np.concatenate([text_mask, np.zeros_like(text_mask)], axis=0)
+            runner = make_runner(self._decoder, self.manifest, self.device, self._buffer_pool)
+            runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
         sampler = None
         if self._sampler is not None:
             sampler = GraphSampler(self._sampler, d.vocab_size, d.num_codebooks, self.device)
