@@ -164,23 +164,7 @@ def test_directory_without_config(tmp_path):
         export_model(str(tmp_path / "empty"), tmp_path / "out")
 
 
-def test_melody_checkpoint_rejected(tmp_path):
-    from transformers import EncodecConfig, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, T5Config
-
-    config = MusicgenMelodyConfig(
-        text_encoder=T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=64).to_dict(),
-        audio_encoder=EncodecConfig().to_dict(),
-        decoder=MusicgenMelodyDecoderConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).to_dict(),
-    )
-    config.save_pretrained(tmp_path / "melody")
-    with pytest.raises(CheckpointError, match="Melody"):
-        export_model(str(tmp_path / "melody"), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_random_weights_melody_rejected_before_building(tmp_path):
-    with pytest.raises(CheckpointError, match="Melody"):
-        export_model(None, tmp_path / "out", random_weights="facebook/musicgen-stereo-melody")
+def test_unknown_random_weights_name_rejected_before_building(tmp_path):
     with pytest.raises(ValueError, match="unknown MusicGen checkpoint"):
         export_model(None, tmp_path / "out", random_weights="facebook/musicgen-huge")
     assert list(tmp_path.iterdir()) == []
