@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from musicgen_onnx.runtime.manifest import (
+    FORMAT_VERSION,
+    TEXT_FORMAT_VERSION,
     AudioSpec,
     DecoderSpec,
     GenerationDefaults,
@@ -221,6 +223,7 @@ def _build_manifest(
         graphs=graphs,
         files=files,
         exporter=_versions(),
+        format_version=FORMAT_VERSION if melody else TEXT_FORMAT_VERSION,
         conditioning="prefix" if melody else "cross_attention",
         melody=melody_spec(model, MAX_TEXT_TOKENS) if melody else None,
     )

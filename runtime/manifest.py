@@ -16,7 +16,9 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "musicgen-onnx"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Melody exports (conditioning "prefix") are version 3; text exports still write 2, which older runtimes read.
+TEXT_FORMAT_VERSION = 2
 #: Oldest manifest this runtime reads: version 1 static-cache decoders took a ``past_length`` input.
 MIN_FORMAT_VERSION = 2
 

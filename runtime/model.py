@@ -74,7 +74,9 @@ class MusicGen:
             self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
         if manifest.conditioning == "prefix":
             self._melody_prefix = open_session(model_dir / graphs["melody_prefix"].file, providers, self._options)
-            cuda_graph = False  # the prefix decoder runs uncaptured (its step binding is rebuilt per call)
+            if cuda_graph:
+                logger.warning("melody exports run the decoder without CUDA-graph capture for now")
+            cuda_graph = False  # the prefix decoder runs uncaptured (its step inputs are rebound per call)
         self._decoder, self.cuda_graph = open_decoder_session(
             model_dir / graphs["decoder"].file, providers, self._options, cuda_graph
         )
