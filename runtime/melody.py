@@ -38,8 +38,6 @@ logger = logging.getLogger("musicgen_onnx")
 
 __all__ = ["MelodyCondition", "MelodyDecoderRunner", "prepare_melody", "resolve_melody_batch", "window_melody"]
 
-_MASKED = np.float32(np.finfo(np.float32).min)
-
 
 def _check_rate(sample_rate: object, default: int) -> int:
     if sample_rate is None:
@@ -217,7 +215,8 @@ class MelodyDecoderRunner:
         self._prefix = np.ascontiguousarray(prefix, self.dtype)
         self._valid = valid
         self._shift = (~valid).sum(axis=1).astype(np.int64)  # padded positions before every token of a row
-        self._bias_row = np.where(valid, np.float32(0.0), _MASKED).astype(self.dtype)  # [rows, P]
+        masked = np.finfo(self.dtype).min  # finite: fp16 exports get fp16's lowest value, not -inf
+        self._bias_row = np.where(valid, 0.0, masked).astype(self.dtype)  # [rows, P]
         binding = self.session.io_binding()
         for past, present in zip(self.past_names, self.present_names, strict=True):
             value = ort.OrtValue.ortvalue_from_shape_and_type(

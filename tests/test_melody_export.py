@@ -25,6 +25,7 @@ def hf(tiny_melody_stereo_checkpoint):
 def test_manifest(exported_melody_stereo, exported_melody_mono):
     m = Manifest.load(exported_melody_stereo)
     assert (m.conditioning, m.format_version) == ("prefix", 3)
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     assert set(m.graphs) == {"text_encoder", "melody_prefix", "decoder", "sampler", "encodec_decode", "encodec_encode"}
     assert (m.melody.sampling_rate, m.melody.n_fft, m.melody.hop_length) == (32000, 16384, 4096)
     assert (m.melody.num_chroma, m.melody.chroma_length, m.melody.max_seconds) == (12, 24, 30.0)
