@@ -30,12 +30,19 @@ def main() -> None:
 
     from musicgen_onnx.runtime import MusicGen
 
+    probe = np.ones(256 * 2**20 // 8)  # 256 MB: a single-thread read-bandwidth probe (machine state)
+    t0 = time.perf_counter()
+    for _ in range(4):
+        probe.sum()
+    bandwidth = 4 * probe.nbytes / (time.perf_counter() - t0) / 1e9
     t0 = time.perf_counter()
     model = MusicGen.load(args.model_dir, provider="cpu", threads=args.threads, verify=False)
     load = time.perf_counter() - t0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     result = model.generate_detailed(
         "jazz trio with a walking bass", melody=tune(10.0), duration=args.seconds, seed=0, top_k=250
     )
+    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     steps = [s * 1e3 for s in result.step_times[1:]]
     t = result.timings
     print(
@@ -43,7 +50,8 @@ def main() -> None:
         f"conditioning {t.get('text_encode', 0):.2f} s, prefill {t['prefill'] * 1e3:.0f} ms, "
         f"ms/step mean {statistics.fmean(steps):.1f} median {statistics.median(steps):.1f} "
         f"last-50 {statistics.fmean(steps[-50:]):.1f}, decode {t['audio_decode']:.2f} s, total {t['total']:.1f} s, "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB, process CPU {cpu_share:.2f} "
+        f"cores, read probe {bandwidth:.1f} GB/s"
     )
 
 
