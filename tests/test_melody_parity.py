@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from melody_helpers import TEXT, features, hf_generate, tune
 from musicgen_onnx.runtime import MusicGen
 from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
@@ -164,3 +165,17 @@ def test_sampling_with_melody_is_reproducible(stereo):
     c = ours.generate_detailed(TEXT, seed=6, **kwargs)
     np.testing.assert_array_equal(a.codes, b.codes)
     assert np.mean(a.codes != c.codes) > 0.5
+
+
+def test_transformers_batch_depends_on_padding_ours_does_not(stereo):
+    """What the docs state: in transformers a shorter text's row changes when batched with a longer one (its
+    padded zeros stay in the prefix and are attended); ours gives that row its alone result (previous tests)."""
+    hf, tok, _ = stereo
+    texts = [TEXT, "calm piano"]
+    feats = features(tune(1.0), tune(1.0))
+    start = torch.full((2 * hf.decoder.num_codebooks, 1), 2048)
+    with torch.no_grad():
+        batched = hf(**tok(texts, padding=True, return_tensors="pt"), input_features=feats, decoder_input_ids=start)
+        alone = hf(**tok(texts[1:], return_tensors="pt"), input_features=feats[1:], decoder_input_ids=start[8:])
+    k = hf.decoder.num_codebooks
+    assert (batched.logits[k:, -1] - alone.logits[:, -1]).abs().max() > 1e-3
