@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from melody_helpers import TEXT, tune
 from musicgen_onnx.export import export_model
 from musicgen_onnx.graphs.decoder_melody import MelodyDecoderStep
 from musicgen_onnx.runtime import MusicGen
@@ -91,10 +92,16 @@ def test_concat_cache_is_refused_for_melody(tiny_melody_stereo_checkpoint, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_int8_melody_export_runs(tiny_melody_mono_checkpoint, tmp_path):
-    out = tmp_path / "int8"
-    export_model(str(tiny_melody_mono_checkpoint), out, precision="int8", include_audio_encoder=False)
+@pytest.mark.parametrize(("precision", "min_agreement"), [("int8", 0.9), ("int4", 0.6), ("fp16", 0.9)])
+def test_reduced_precision_melody_exports(
+    tiny_melody_stereo_checkpoint, exported_melody_stereo, tmp_path, precision, min_agreement
+):
+    out = tmp_path / precision
+    export_model(str(tiny_melody_stereo_checkpoint), out, precision=precision, include_audio_encoder=False)
     model = MusicGen.load(out, provider="cpu")
-    assert model.manifest.precision == "int8"
-    audio = model.generate("jazz", melody=np.zeros(32000, np.float32), max_new_tokens=10, seed=0)
-    assert audio.shape == (1, 1, 7 * 640) and np.isfinite(audio).all()
+    assert model.manifest.precision == precision
+    kwargs = dict(melody=tune(1.0), do_sample=False, max_new_tokens=30)
+    reference = MusicGen.load(exported_melody_stereo, provider="cpu").generate_detailed(TEXT, **kwargs)
+    result = model.generate_detailed(TEXT, **kwargs)
+    assert float(np.mean(result.codes == reference.codes)) >= min_agreement
+    assert np.isfinite(result.audio).all()
