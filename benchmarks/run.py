@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -120,12 +119,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---- the export ---------------------------------------------------------------------------------------------
-def exporter_supports_precision() -> bool:
-    from musicgen_onnx.export import export_model  # lightweight: torch is imported lazily inside
-
-    return "precision" in inspect.signature(export_model).parameters
-
-
 def exporter_fingerprint() -> str:
     """Hash of the exporter and graph-wrapper sources: a cached export made by other code is rebuilt."""
     h = hashlib.sha256()
@@ -178,11 +171,6 @@ def ensure_export(args: argparse.Namespace, model: str, export_dir: Path) -> dic
         rebuild = True
     if export_dir.exists() and not ok and not rebuild:
         raise SystemExit(f"{export_dir} exists but is not usable ({why}); pass --rebuild to replace it")
-    if args.precision != "fp32" and not exporter_supports_precision():
-        raise SystemExit(
-            f"--precision {args.precision}: this exporter (musicgen_onnx.export.export_model) has no `precision` "
-            "parameter yet, so only fp32 exports exist"
-        )
     log.info("building the export (full size, random weights; ~1-2 min and ~7.5 GB RSS for stereo-small)")
     spec = {
         "model": model,

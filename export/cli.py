@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger("musicgen_onnx")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

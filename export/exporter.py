@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from musicgen_onnx.runtime.manifest import (
     GraphSpec,
     Manifest,
     TextSpec,
+    check_start_token,
     sha256_file,
 )
 
@@ -29,6 +28,7 @@ from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, res
 from .melody import is_melody_model, melody_plans, melody_spec
 from .onnx_io import DEFAULT_OPSET, export_module, external_data_files
 from .precision import apply_precision, check_precision
+from .staging import StagingDir
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
 
 logger = logging.getLogger("musicgen_onnx")
@@ -209,7 +209,7 @@ def _build_manifest(
             hidden_size=int(dec.hidden_size),
             max_positions=int(dec.max_position_embeddings),
             pad_token_id=int(dec.pad_token_id),
-            decoder_start_token_id=int(model.generation_config.decoder_start_token_id or dec.pad_token_id),
+            decoder_start_token_id=_start_token_id(model),
             kv_cache=kv_cache,
             cuda_graph=cuda_graph,
         ),
@@ -229,6 +229,11 @@ def _build_manifest(
     )
 
 
+def _start_token_id(model) -> int:
+    start = model.generation_config.decoder_start_token_id
+    return int(model.decoder.config.pad_token_id if start is None else start)
+
+
 def _versions() -> dict[str, str]:
     import onnx
     import torch
@@ -242,17 +247,6 @@ def _prepare_target(output_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-
-
-def _commit(tmp: Path, output_dir: Path) -> None:
-    """Swap the finished temp dir in; an old export is removed only after the new one is in place."""
-    trash = None
-    if output_dir.exists():
-        trash = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        output_dir.rename(trash)
-    tmp.rename(output_dir)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def export_model(
@@ -273,7 +267,8 @@ def export_model(
     """Export ``source`` (hub id or local dir) or ``random_weights`` (a released checkpoint's name).
 
     Everything is written to a temporary directory beside ``output_dir`` and renamed at the end: a
-    failed or interrupted export leaves no half-written model directory.
+    failed or interrupted export leaves no half-written model directory, and the temp directories of
+    killed exports are removed by the next export of the same target (``staging``).
     """
     if (source is None) == (random_weights is None):
         raise ValueError("give exactly one of a checkpoint source or random_weights=NAME")
@@ -290,16 +285,15 @@ def export_model(
         load_random_weights(random_weights, seed=seed) if random_weights else load_checkpoint(source, revision=revision)
     )
     logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
+    check_start_token(_start_token_id(ckpt.model), int(ckpt.model.decoder.config.pad_token_id))
     plans = _plans(include_audio_encoder, kv_cache, precision)
     if is_melody_model(ckpt.model):
         if kv_cache != "static":
             raise ValueError("melody checkpoints are exported with kv_cache='static' only (the prefix decoder)")
         plans = melody_plans(GraphPlan, plans, MAX_TEXT_TOKENS)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with StagingDir(output_dir) as stage:
+        tmp = stage.path
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
@@ -346,9 +340,6 @@ def export_model(
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
         manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache, cuda_graph)
         manifest.save(tmp)
-        _commit(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        stage.commit()
     logger.info("export finished in %.1f s: %s", time.perf_counter() - started, output_dir)
     return manifest

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-logger = logging.getLogger("musicgen_onnx")
 
 #: Graphs whose weights exceed this are stored as ``NAME.onnx`` + ``NAME.onnx.data``: protobuf cannot
 #: hold more than 2 GiB, and onnxruntime maps an external-data file instead of parsing and copying the
@@ -65,8 +62,8 @@ def export_module(
 ) -> list[str]:
     """Trace ``module`` with the TorchScript exporter; return the external-data file names written.
 
-    The TorchScript exporter (dynamo=False) is used for every graph: DESIGN.md §4 found the dynamo
-    exporter freezes EnCodec's lengths.
+    The TorchScript exporter (dynamo=False) is used for every graph: the dynamo exporter freezes
+    EnCodec's lengths (docs/design.md §15).
     """
     import shutil
 

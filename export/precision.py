@@ -1,6 +1,6 @@
 """Export-time weight precision passes: int8 (and 4-bit) weights for CPU, fp16 for GPU.
 
-fp32 at decoder batch 2 is memory-bound on CPU (~1.4 GB of weights read per step, DESIGN.md §5):
+fp32 at decoder batch 2 is memory-bound on CPU (~1.4 GB of weights read per step, docs/design.md §8):
 fewer weight bytes is the only way down. Every variant is produced from the validated fp32 graph.
 """
 

@@ -14,7 +14,7 @@ generation's full length, and the attention length is an input:
         LN ─> last position ─> [lm_head_0 | ... | lm_head_K-1] ─> logits [B, K, vocab]
 
 Bind the same OrtValue as ``past_key.i`` input and ``present_key.i`` output (IOBinding) and the
-cache is updated in place: a step's cost no longer includes copying the whole cache (DESIGN.md §5).
+cache is updated in place: a step's cost no longer includes copying the whole cache (docs/design.md §6).
 Q/K/V projections and the K lm_heads are each fused into one matrix multiply.
 
 Why these inputs: the graph must be capturable as a CUDA graph (static shapes, every compute node on

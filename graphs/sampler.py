@@ -1,8 +1,8 @@
 """Sampler graph: classifier-free guidance, temperature, top-k, top-p and one draw per row, on the device.
 
-On a GPU the decoder step takes ~2 ms; copying [2B, K, 2048] logits to the host and sampling them
-in numpy costs 0.26 ms at batch 1 and 2.2 ms at batch 8 on this project's CPUs. This graph reads the
-decoder's logits where they are and returns only the token ids. It computes what
+On a GPU, copying [2B, K, 2048] logits to the host and sampling them in numpy costs about as much
+as the decoder step itself (docs/design.md §7). This graph reads the decoder's logits where they are
+and returns only the token ids. It computes what
 ``runtime.generation.process_logits`` + ``select_tokens`` compute (transformers' order and rules)
 and consumes the same uniform numbers, so a seed gives the same tokens either way up to float32
 rounding at a bucket edge:

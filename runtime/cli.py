@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger("musicgen_onnx")
-
 USAGE = """usage: musicgen-onnx {generate,export} ...
 
   generate   make music from an export directory (numpy + onnxruntime only)
@@ -32,8 +30,12 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio, prompt included (default 10)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (>= 1; default from the model)")
-    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens (1..2048)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens (1..2048; 0 = no top-k filtering)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        help="nucleus sampling threshold in (0, 1]; 1 = off (0 is refused: audiocraft and transformers disagree)",
+    )
     p.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--prompt-audio", type=Path, help="audio file to continue (any sample rate)")
@@ -41,7 +43,10 @@ def build_generate_parser() -> argparse.ArgumentParser:
         "--melody", type=Path, help="melody checkpoints: audio file whose chromagram to follow (any sample rate)"
     )
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto", help="execution provider")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: the CPUs this process may use)")
+    p.add_argument(
+        "--no-spin", action="store_true", help="idle onnxruntime workers sleep instead of spinning (shared nodes)"
+    )
     p.add_argument(
         "--no-cuda-graph", action="store_true", help="on CUDA: run the decoder step without CUDA-graph capture"
     )
@@ -73,7 +78,7 @@ class ProgressBar:
             width = 30
             filled = int(width * done / max(total, 1))
             bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{total} frames  {rate:6.1f} steps/s")
+            sys.stderr.write(f"\r[{bar}] {done}/{total} frames  {rate:6.1f} frames/s")
             if done >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -98,12 +103,14 @@ def run_generate(argv: list[str]) -> int:
 
     from .audio import WavStreamWriter, read_audio, write_wav
     from .model import MusicGen
+    from .sessions import ProviderUnavailableError
 
     try:
         model = MusicGen.load(
             args.model_dir,
             provider=args.provider,
             threads=args.threads,
+            allow_spinning=False if args.no_spin else None,
             cuda_graph=False if args.no_cuda_graph else None,
             device_sampling=False if args.host_sampling else None,
         )
@@ -154,7 +161,7 @@ def run_generate(argv: list[str]) -> int:
                 timings = result.timings
         finally:
             signal.signal(signal.SIGINT, previous)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ProviderUnavailableError) as exc:
         print(f"musicgen-onnx generate: error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - started

@@ -46,18 +46,11 @@ class ConcatDecoderRunner:
         self.num_layers = manifest.decoder.num_layers
         self.num_heads = manifest.decoder.num_heads
         self.head_dim = manifest.decoder.head_dim
-        self.input_names = spec.inputs
         self.output_names = spec.outputs
         n = self.num_layers
         self.cross_names = spec.inputs[2 : 2 + 2 * n]
         self.past_names = spec.inputs[2 + 2 * n :]
-        self.present_names = spec.outputs[1:]
         self._binding: ort.IOBinding | None = None
-        self._past_len = 0
-
-    @property
-    def past_length(self) -> int:
-        return self._past_len
 
     def start(self, cross_kv: list[np.ndarray], encoder_attention_mask: np.ndarray, max_length: int) -> None:
         """Bind the per-prompt inputs (cross K/V, text mask) once and reset the cache to empty."""
@@ -69,7 +62,6 @@ class ConcatDecoderRunner:
         for name in self.past_names:
             binding.bind_ortvalue_input(name, empty)
         self._binding = binding
-        self._past_len = 0
 
     def release(self) -> None:
         """Drop the cache and per-prompt inputs (they are rebuilt by the next ``start``)."""
@@ -85,7 +77,7 @@ class ConcatDecoderRunner:
         if binding is None:
             raise RuntimeError("DecoderRunner.step called before start()")
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
-        # Output shapes change every step, so outputs are re-declared each time (DESIGN.md §5).
+        # Output shapes change every step, so outputs are re-declared each time (docs/design.md §6).
         binding.clear_binding_outputs()
         for name in self.output_names:
             binding.bind_output(name, self.device)
@@ -93,7 +85,6 @@ class ConcatDecoderRunner:
         outputs = binding.get_outputs()
         for name, value in zip(self.past_names, outputs[1:], strict=True):
             binding.bind_ortvalue_input(name, value)
-        self._past_len += input_ids.shape[2]
         return outputs[0]
 
 
@@ -144,7 +135,7 @@ class StaticDecoderRunner:
     """Preallocated cache of the generation's full length, updated in place by the graph.
 
     Each ``past_key.i`` buffer is bound as both the input and the ``present_key.i`` output, so
-    onnxruntime writes only the new rows (DESIGN.md §5). All inputs and outputs are OrtValues on the
+    onnxruntime writes only the new rows (docs/design.md §6). All inputs and outputs are OrtValues on the
     session's device, bound once per generation: a single-token step costs one ``run_with_iobinding``
     plus two tiny host copies in place (token ids, position) and the logits out.
     Call ``release`` when the generation ends.
@@ -190,10 +181,6 @@ class StaticDecoderRunner:
         self._past = 0
         self._step_options: ort.RunOptions | None = None
         self._uncaptured = _run_options(-1) if self.fixed_buffers else None
-
-    @property
-    def past_length(self) -> int:
-        return self._past
 
     def release(self) -> None:
         """Free this generation's buffers; pooled sets stay (their captured graphs point at them)."""

@@ -71,10 +71,6 @@ class Window:
     def stop(self) -> int:
         return self.start + self.length
 
-    @property
-    def new_frames(self) -> int:
-        return self.length - self.prompt
-
 
 @dataclass(frozen=True)
 class GenerationPlan:
@@ -257,18 +253,9 @@ class CodeGenerator:
         self.window_prompts: list[np.ndarray | None] = []  # what each window was given (for tests / inspection)
 
     @property
-    def total_frames(self) -> int:
-        return self.plan.total_frames
-
-    @property
     def codes(self) -> np.ndarray:
         """Final codes [B, K, frames_ready] (all frames once finished)."""
         return self.buffer[..., : self.frames_ready]
-
-    def frames(self, start: int, stop: int) -> np.ndarray:
-        if not 0 <= start <= stop <= self.frames_ready:
-            raise ValueError(f"frames [{start}, {stop}) not ready (frames_ready={self.frames_ready})")
-        return self.buffer[..., start:stop]
 
     def run(self, progress: Callable[[int, int], bool | None] | None = None) -> Iterator[int]:
         model, plan, total = self.model, self.plan, self.plan.total_frames
@@ -294,21 +281,24 @@ class CodeGenerator:
             steps = model._window_steps(
                 cross_kv, text_mask, given, self.batch, w.steps, self.options, cfg, self.rng, self.step_times, w.start
             )
-            for state in steps:
-                if first:
-                    self.prefill_times.append(self.step_times[-1])
-                    first = False
-                ready = min(state.frames_ready, w.length)
-                if ready > done:
-                    self.buffer[..., w.start + done : w.start + ready] = state.frames(done, ready)
-                    done = ready
-                    self.frames_ready = w.start + ready
-                if self.frames_ready >= total:
-                    break
-                yield self.frames_ready
-                if progress is not None and progress(self.frames_ready, total) is False:
-                    self.stopped = True
-                    return
+            try:
+                for state in steps:
+                    if first:
+                        self.prefill_times.append(self.step_times[-1])
+                        first = False
+                    ready = min(state.frames_ready, w.length)
+                    if ready > done:
+                        self.buffer[..., w.start + done : w.start + ready] = state.frames(done, ready)
+                        done = ready
+                        self.frames_ready = w.start + ready
+                    if self.frames_ready >= total:
+                        break
+                    yield self.frames_ready
+                    if progress is not None and progress(self.frames_ready, total) is False:
+                        self.stopped = True
+                        return
+            finally:
+                steps.close()  # stopped, closed or failed: the window's decoder buffers are released now
             if done != w.length:  # the loop ended before the window was complete: a bug, not a user error
                 raise RuntimeError(f"window {w.index} ended with {done} of {w.length} frames")
         self.finished = True

@@ -149,6 +149,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"corrupt manifest: expected a JSON object, got {type(data).__name__}")
         try:
             fmt = data.get("format")
             version = int(data.get("format_version", -1))
@@ -202,14 +204,52 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ManifestError(f"corrupt manifest {path}: {exc}") from exc
-        manifest = cls.from_dict(data)
+        try:
+            manifest = cls.from_dict(data)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
         if manifest.conditioning not in CONDITIONINGS or (manifest.conditioning == "prefix") != bool(manifest.melody):
             raise ManifestError(f"manifest {path}: unknown conditioning {manifest.conditioning!r} or no melody section")
         required = REQUIRED_MELODY_GRAPHS if manifest.conditioning == "prefix" else REQUIRED_GRAPHS
         missing = [role for role in required if role not in manifest.graphs]
         if missing:
             raise ManifestError(f"manifest {path} lacks required graphs: {', '.join(missing)}")
+        manifest.check_paths(directory)
+        check_start_token(manifest.decoder.decoder_start_token_id, manifest.decoder.pad_token_id)
         return manifest
+
+    def file_names(self) -> list[str]:
+        """Every file this manifest points at: graphs, their external data, the tokenizer, checksummed files."""
+        names = [self.text.tokenizer_file, *self.files]
+        for spec in self.graphs.values():
+            names += [spec.file, *spec.external_data]
+        return names
+
+    def check_paths(self, directory: str | Path) -> None:
+        """Refuse file names that resolve outside ``directory`` (absolute, ``..``, or a symlink leading out):
+        a manifest must not make the runtime read or hash arbitrary files."""
+        root = Path(directory).resolve()
+        for name in self.file_names():
+            target = (root / name).resolve()
+            if Path(name).is_absolute() or not target.is_relative_to(root) or target == root:
+                raise ManifestError(
+                    f"manifest in {directory} names {name!r}, which is outside the model directory; "
+                    "file names must be relative paths inside it"
+                )
+
+
+def check_start_token(decoder_start_token_id: int, pad_token_id: int) -> None:
+    """The runtime starts every sequence with the pad token, which is what transformers does only while
+    ``decoder_start_token_id == pad_token_id`` (true for every released checkpoint). A fine-tune where they
+    differ would silently diverge from transformers (its delay pattern is then filled with the start
+    token, and the pad filter at the end keeps it), so such a checkpoint is refused."""
+    if decoder_start_token_id != pad_token_id:
+        raise ManifestError(
+            f"decoder_start_token_id ({decoder_start_token_id}) differs from pad_token_id ({pad_token_id}): "
+            "musicgen-onnx supports only checkpoints where they are equal (every released MusicGen; transformers "
+            f"fills the delay pattern with the start token then), set generation_config.decoder_start_token_id = "
+            f"{pad_token_id} if that is what the fine-tune meant"
+        )
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -18,10 +18,16 @@ from .generation import DelayPatternState, build_delay_pattern, process_logits, 
 from .longform import DEFAULT_DURATION_CAP, CodeGenerator, Window, plan_generation
 from .manifest import Manifest, verify_files
 from .melody import MelodyCondition, MelodyDecoderRunner, prepare_melody, resolve_melody_batch
-from .options import SamplingOptions, batch_size, check_texts, resolve_sampling_options
+from .options import SamplingOptions, batch_size, check_seed, check_texts, resolve_sampling_options
 from .sampler import GraphSampler
-from .sessions import make_session_options, open_decoder_session, open_session, resolve_providers
-from .streaming import AudioChunk, decode_long, stream_chunks
+from .sessions import (
+    check_session_providers,
+    make_session_options,
+    open_decoder_session,
+    open_session,
+    resolve_providers,
+)
+from .streaming import AudioStream, decode_long, stream_chunks
 from .tokenizer import TextTokenizer
 
 logger = logging.getLogger("musicgen_onnx")
@@ -58,38 +64,52 @@ class MusicGen:
         model_dir: Path,
         manifest: Manifest,
         providers: list[str],
-        threads: int | None,
+        options: ort.SessionOptions,
+        text_encoder: ort.InferenceSession,
         cuda_graph: bool = False,
         device_sampling: bool = False,
     ) -> None:
+        """Use ``MusicGen.load``; this takes the already checked providers and the probed text encoder."""
         self.model_dir = model_dir
         self.manifest = manifest
         self.providers = providers
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        self._options = make_session_options(threads)
+        self._options = options
         graphs = manifest.graphs
-        self._text_encoder = open_session(model_dir / graphs["text_encoder"].file, providers, self._options)
+        self._text_encoder = text_encoder
         self._cross_kv = self._melody_prefix = None  # text models: cross K/V; melody models: the prefix graph
         if "cross_kv" in graphs:
-            self._cross_kv = open_session(model_dir / graphs["cross_kv"].file, providers, self._options)
+            self._cross_kv = self._open(graphs["cross_kv"].file)
         if manifest.conditioning == "prefix":
-            self._melody_prefix = open_session(model_dir / graphs["melody_prefix"].file, providers, self._options)
+            self._melody_prefix = self._open(graphs["melody_prefix"].file)
             if cuda_graph:
                 logger.warning("melody exports run the decoder without CUDA-graph capture for now")
             cuda_graph = False  # the prefix decoder runs uncaptured (its step inputs are rebound per call)
         self._decoder, self.cuda_graph = open_decoder_session(
             model_dir / graphs["decoder"].file, providers, self._options, cuda_graph
         )
+        check_session_providers(self._decoder, providers, "cuda")
         #: fixed decoder buffers kept between generations: the captured CUDA graphs point at them
         self._buffer_pool: BufferPool | None = {} if self.cuda_graph else None
         self._sampler: ort.InferenceSession | None = None
         if device_sampling:
-            self._sampler = open_session(model_dir / graphs["sampler"].file, providers, self._options)
-        self._codec_decoder = open_session(model_dir / graphs["encodec_decode"].file, providers, self._options)
+            self._sampler = self._open(graphs["sampler"].file)
+        self._codec_decoder = self._open(graphs["encodec_decode"].file)
         self._codec_encoder = None  # opened on first audio prompt: most users never need it
         self.tokenizer = TextTokenizer(
             model_dir / manifest.text.tokenizer_file, manifest.text.pad_token_id, manifest.text.max_tokens
         )
+
+    def _open(self, file: str) -> ort.InferenceSession:
+        """A session on this model's providers; one that silently lost CUDA is an error (the probe had it)."""
+        session = open_session(self.model_dir / file, self.providers, self._options)
+        check_session_providers(session, self.providers, "cuda")
+        return session
+
+    @property
+    def device_sampling(self) -> bool:
+        """Whether tokens are selected by the exported sampler graph (on the device) rather than in numpy."""
+        return self._sampler is not None
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -101,8 +121,15 @@ class MusicGen:
         verify: bool = True,
         cuda_graph: bool | None = None,
         device_sampling: bool | None = None,
+        allow_spinning: bool | None = None,
     ) -> MusicGen:
-        """Open an export directory. ``provider``: "auto" (CUDA when available), "cuda" or "cpu".
+        """Open an export directory. ``provider``: "auto" (CUDA when it starts, else the CPU), "cuda" or "cpu".
+
+        "auto" checks which provider onnxruntime really gave the sessions: with onnxruntime-gpu on a node
+        where CUDA cannot start it warns once and runs on the CPU; "cuda" then fails here with
+        ``ProviderUnavailableError``. ``threads`` (None: the CPUs this process may use, affinity and cgroup
+        quota included) and ``allow_spinning`` (None: onnxruntime's default, spinning workers; False for
+        nodes shared with other busy processes) set onnxruntime's CPU thread pool.
 
         ``verify`` checks every file against the manifest's sha256 first, so a truncated copy fails
         here with a message rather than inside onnxruntime. ``cuda_graph`` captures the decoder step
@@ -114,6 +141,19 @@ class MusicGen:
         model_dir = Path(model_dir).expanduser()
         manifest = Manifest.load(model_dir)
         providers = resolve_providers(provider)
+        options = make_session_options(threads, allow_spinning)
+        if verify:
+            verify_files(model_dir, manifest, ("text_encoder",))
+        # the smallest always-needed graph doubles as the probe of which provider onnxruntime really starts
+        text_encoder = open_session(model_dir / manifest.graphs["text_encoder"].file, providers, options)
+        checked = check_session_providers(text_encoder, providers, provider)
+        if checked != providers:
+            logger.warning(
+                "onnxruntime lists the CUDA execution provider but could not start it (no usable GPU, or missing "
+                "CUDA / cuDNN libraries): running on the CPU; pass provider='cpu' to skip the attempt"
+            )
+            providers = checked
+            text_encoder = open_session(model_dir / manifest.graphs["text_encoder"].file, providers, options)
         on_cuda = providers[0] == "CUDAExecutionProvider"
         if cuda_graph is None:
             cuda_graph = on_cuda and manifest.decoder.cuda_graph
@@ -133,9 +173,9 @@ class MusicGen:
                 "musicgen-onnx); re-export it, or use device_sampling=False"
             )
         if verify:
-            roles = tuple(r for r in manifest.graphs if r != "encodec_encode" and (device_sampling or r != "sampler"))
-            verify_files(model_dir, manifest, roles)
-        model = cls(model_dir, manifest, providers, threads, bool(cuda_graph), bool(device_sampling))
+            skip = ("text_encoder", "encodec_encode") + (() if device_sampling else ("sampler",))
+            verify_files(model_dir, manifest, tuple(r for r in manifest.graphs if r not in skip))
+        model = cls(model_dir, manifest, providers, options, text_encoder, bool(cuda_graph), bool(device_sampling))
         logger.info(
             "loaded %s (%s) with %s%s",
             model_dir,
@@ -239,12 +279,14 @@ class MusicGen:
         chunk_seconds: float = 1.0,
         progress: ProgressCallback | None = None,
         **kwargs,
-    ) -> Iterator[AudioChunk]:
+    ) -> AudioStream:
         """Like ``generate_detailed`` (same keyword arguments), but yields ``AudioChunk``s while generating.
 
         Each chunk is audio [B, channels, n] float32 starting at ``chunk.start`` seconds; the last has
         ``final=True``. Concatenated, the chunks equal the one-shot decode of the same codes up to the
         bound stated in ``streaming`` (SNR >= 40 dB). Arguments are validated here, before the first chunk.
+        A stream abandoned before its end holds its decoder buffers until ``close()``: use it as a context
+        manager (``with model.stream(...) as chunks:``) or close it when stopping early.
         """
         job = self._job(texts, **kwargs)
         return stream_chunks(self, job, chunk_seconds=chunk_seconds, progress=progress)
@@ -285,7 +327,7 @@ class MusicGen:
                     "re-export it to use audio prompts"
                 )
             verify_files(self.model_dir, self.manifest, ("encodec_encode",))
-            self._codec_encoder = open_session(self.model_dir / spec.file, self.providers, self._options)
+            self._codec_encoder = self._open(spec.file)
         batch, channels, length = audio.shape
         mono = np.ascontiguousarray(audio.transpose(1, 0, 2).reshape(channels * batch, 1, length), np.float32)
         (codes,) = self._codec_encoder.run(None, {"audio_values": mono})
@@ -332,6 +374,7 @@ class MusicGen:
     ) -> CodeGenerator:
         """Validate every argument and plan the windows; nothing runs until the job is iterated."""
         text_list = check_texts(texts)
+        seed = check_seed(seed)
         options = self.resolve_options(do_sample, guidance_scale, top_k, top_p, temperature)
         prompt = None
         if prompt_audio is not None:

@@ -21,7 +21,11 @@ def is_real(x: object) -> bool:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Resolved and validated sampling settings (None in ``generate`` means the checkpoint's default)."""
+    """Resolved and validated sampling settings (None in ``generate`` means the checkpoint's default).
+
+    ``top_k=0`` turns top-k filtering off (as in transformers and audiocraft). ``top_p`` is in (0, 1], 1 = off;
+    0 is refused because the two reference implementations disagree on it (see ``resolve_sampling_options``).
+    """
 
     do_sample: bool
     guidance_scale: float
@@ -53,18 +57,27 @@ def resolve_sampling_options(
             f"guidance_scale must be a number >= 1 (1 disables classifier-free guidance, "
             f"3 is MusicGen's default), got {opts.guidance_scale!r}"
         )
-    explicit_top_k = top_k is not None
-    if (
-        not isinstance(opts.top_k, (int, np.integer))
-        or isinstance(opts.top_k, bool)
-        or ((explicit_top_k or opts.top_k != 0) and not 1 <= opts.top_k <= vocab)
-    ):
-        raise ValueError(f"top_k must be an integer in 1..{vocab}, got {opts.top_k!r}")
+    if not isinstance(opts.top_k, (int, np.integer)) or isinstance(opts.top_k, bool) or not 0 <= opts.top_k <= vocab:
+        raise ValueError(f"top_k must be an integer in 0..{vocab} (0 disables top-k filtering), got {opts.top_k!r}")
+    if is_real(opts.top_p) and opts.top_p == 0:
+        raise ValueError(
+            "top_p=0 is ambiguous: audiocraft reads it as 'nucleus sampling off', transformers as 'keep only the "
+            "most likely token'; pass top_p=1.0 to turn nucleus sampling off, or do_sample=False for greedy decoding"
+        )
     if not is_real(opts.top_p) or not 0 < opts.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (1 disables nucleus sampling), got {opts.top_p!r}")
     if not is_real(opts.temperature) or opts.temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {opts.temperature!r}")
     return opts
+
+
+def check_seed(seed: object) -> int | None:
+    """None (fresh entropy) or an integer numpy's generator accepts."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (0, 1, 2, ...) or None for a random seed, got {seed!r}")
+    return int(seed)
 
 
 def check_texts(texts: str | Sequence[str] | None) -> list[str] | None:

@@ -1,10 +1,10 @@
 """Token selection on the device: runs the exported ``sampler.onnx`` on the decoder's logits in place.
 
-On CUDA this replaces copying [2B, K, vocab] logits to the host and sampling them in numpy (0.26 ms
-at batch 1, 2.2 ms at batch 8 on a 2-core CPU: as much as a whole GPU decoder step); only [B, K]
-token ids come back. The graph consumes the same uniform numbers as the numpy path
-(``generation.select_with_uniform``), so a seed gives the same music either way. On the CPU it is
-no faster than numpy, so it is used there only when asked for.
+On CUDA this replaces copying [2B, K, vocab] logits to the host and sampling them in numpy, which
+costs about as much as a whole GPU decoder step (docs/design.md §7); only [B, K] token ids come back.
+The graph consumes the same uniform numbers as the numpy path (``generation.select_with_uniform``),
+so a seed gives the same music either way. On the CPU it is no faster than numpy, so it is used
+there only when asked for.
 """
 
 from __future__ import annotations

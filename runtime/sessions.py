@@ -7,6 +7,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from .cpus import available_cpus
+
 logger = logging.getLogger("musicgen_onnx")
 
 PROVIDERS = ("auto", "cuda", "cpu")
@@ -44,16 +46,55 @@ def _preload_cuda_libraries() -> None:
         logger.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
-def make_session_options(threads: int | None) -> ort.SessionOptions:
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None (onnxruntime's default), got {threads!r}")
+class ProviderUnavailableError(RuntimeError):
+    """provider="cuda" was asked for, but onnxruntime could not start its CUDA execution provider."""
+
+
+def make_session_options(threads: int | None, allow_spinning: bool | None = None) -> ort.SessionOptions:
+    """Session options shared by every graph of a model.
+
+    ``threads`` None means the CPUs this process may actually use (``cpus.available_cpus``: affinity and
+    cgroup quota), not onnxruntime's default of every core on the host. ``allow_spinning`` None keeps
+    onnxruntime's default (worker threads spin between parallel sections: lowest latency on a dedicated
+    node); False makes idle workers sleep, which costs a little latency and gives the CPU back to neighbours.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(
+            f"threads must be a positive integer, or None for the CPUs this process may use "
+            f"({available_cpus()} here), got {threads!r}"
+        )
+    if allow_spinning is not None and not isinstance(allow_spinning, bool):
+        raise ValueError(f"allow_spinning must be True, False or None (onnxruntime's default), got {allow_spinning!r}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = available_cpus() if threads is None else threads
+    options.inter_op_num_threads = 1
+    if allow_spinning is not None:
+        flag = "1" if allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        options.add_session_config_entry("session.inter_op.allow_spinning", flag)
     return options
+
+
+def check_session_providers(session: ort.InferenceSession, providers: list[str], provider: str) -> list[str]:
+    """The providers the session really got, compared with what was asked.
+
+    onnxruntime-gpu lists CUDA as available even where it cannot start (no GPU, missing CUDA / cuDNN
+    libraries) and then silently opens the session on the CPU. With ``provider="cuda"`` that is an
+    error here, at load; with "auto" the caller continues on the CPU (the returned list says so).
+    """
+    got = session.get_providers()
+    if providers[0] != _CUDA or _CUDA in got:
+        return providers
+    if provider == "cuda":
+        raise ProviderUnavailableError(
+            f"provider='cuda' requested, but onnxruntime {ort.__version__} could not start its CUDA execution "
+            "provider (the session fell back to the CPU): no usable NVIDIA GPU is visible, or the CUDA / cuDNN "
+            "libraries onnxruntime-gpu needs are missing (pip install 'onnxruntime-gpu[cuda,cudnn]', or put them "
+            "on LD_LIBRARY_PATH); use provider='cpu' or 'auto' to run on the CPU"
+        )
+    return [_CPU]
 
 
 def open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:

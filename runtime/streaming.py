@@ -1,33 +1,12 @@
 """Streaming: EnCodec decodes the final code frames incrementally, over overlapping windows with a cross-fade.
 
-EnCodec's decoder (32 kHz, non-causal convolutions + a 2-layer unidirectional LSTM) is not frame-local:
-
-- **right context** (later codes an output frame depends on) comes from the convolutions only, so it is finite:
-  the first k=7 conv at the frame rate (3 frames) plus the upsampling stack (about one more frame). Measured by
-  perturbing one code frame (``measure_receptive_field``): outputs up to **4 frames before** it change, on the
-  tiny test export and on the full-size random-weight EnCodec alike, at any threshold down to 1e-6.
-- **left context** comes from the LSTM: infinite in principle, decaying in practice. The change from a perturbed
-  frame falls below 1e-4 (relative to the clip's RMS) after 10 frames (tiny) / 15 frames (full size, random
-  weights), below 1e-5 after 15 / 21, below 1e-6 after 27 (full size).
-
-So a chunk holds back ``RIGHT_CONTEXT_FRAMES`` (4 + 1 margin) frames until their right context exists, and every
-decode starts ``LEFT_CONTEXT_FRAMES`` (32) frames before the first frame it emits; the first
-``CROSSFADE_FRAMES`` (8) frames it emits are cross-faded (linear) with the previous decode's tail, which had full
-context. The new decode's LSTM-start error is faded in from weight 0, and after the fade it has 40 frames of
-context: about twice what the measurement asks for at 1e-5, as a margin for trained weights (whose LSTM memory
-cannot be measured without them; re-measure with ``measure_receptive_field`` on a real export).
-
-**Bound** (tested): the concatenated chunks equal the one-shot decode of the same codes with SNR >= 40 dB, also
-with the reference's DC offset removed (random decoders output a large one). Measured: tiny export with random
-codebooks 143 dB (124 dB without DC; without any overlap 45 / 25 dB); full-size random-weight EnCodec with random
-codebooks 132 dB (120 dB without DC; without overlap 27-30 / 14-18 dB); full-size stereo-small export, stream vs
-generate of the same codes, 123 / 121 dB (its random-weight codebooks are zeros, so that one only checks the
-LSTM start-up and padding transients).
-
-The cost: each decode re-runs ``LEFT_CONTEXT_FRAMES + CROSSFADE_FRAMES + RIGHT_CONTEXT_FRAMES`` extra frames,
-so one-second chunks cost about 1.9x the one-shot decode, small next to generating the frames. Full-size
-stereo-small fp32 on 2 CPU cores, 6 s clip: first audio after 3.7 s with 1 s chunks (2.0 s with 0.5 s chunks);
-the whole stream took 16.6 s (17.6 s) against 15.9 s for ``generate``.
+EnCodec's decoder is not frame-local: later codes reach a few frames back through the convolutions (finite
+right context), and earlier codes reach forward through the LSTM (left context, decaying). So a chunk holds
+back ``RIGHT_CONTEXT_FRAMES`` frames until their right context exists, every decode starts
+``LEFT_CONTEXT_FRAMES`` frames before the first frame it emits, and the first ``CROSSFADE_FRAMES`` frames it
+emits are cross-faded (linear) with the previous decode's tail, which had full context. The sizes come from
+``measure_receptive_field`` with a margin; the measurements, the tested bound (the concatenated chunks equal
+the one-shot decode of the same codes with SNR >= 40 dB) and the cost are in docs/design.md §10.
 """
 
 from __future__ import annotations
@@ -49,6 +28,7 @@ __all__ = [
     "ONE_SHOT_DECODE_FRAMES",
     "RIGHT_CONTEXT_FRAMES",
     "AudioChunk",
+    "AudioStream",
     "ReceptiveField",
     "StreamDecoder",
     "decode_long",
@@ -153,13 +133,57 @@ def decode_long(model: MusicGen, codes: np.ndarray, max_frames: int = ONE_SHOT_D
     return np.concatenate(parts, axis=-1)
 
 
+class AudioStream:
+    """The chunk iterator ``MusicGen.stream`` returns; holds decoder buffers until it ends or is closed.
+
+    A stream that is not iterated to the end keeps its decoder state (and, on CUDA, the pooled buffers
+    its captured graph replays into) until it is closed. Close it explicitly, or use it as a context
+    manager, when stopping early::
+
+        with model.stream("ambient", duration=20) as chunks:
+            for chunk in chunks:
+                if enough(chunk):
+                    break          # leaving the block releases the buffers at once
+    """
+
+    def __init__(self, chunks: Iterator[AudioChunk]) -> None:
+        self._chunks = chunks
+        self.closed = False
+
+    def __iter__(self) -> AudioStream:
+        return self
+
+    def __next__(self) -> AudioChunk:
+        if self.closed:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.closed = True
+            raise
+
+    def close(self) -> None:
+        """Stop generating and release the decoder buffers now; later iteration yields nothing."""
+        if not self.closed:
+            self.closed = True
+            self._chunks.close()
+
+    cancel = close
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def stream_chunks(
     model: MusicGen,
     job: CodeGenerator,
     *,
     chunk_seconds: float = 1.0,
     progress: Callable[[int, int], bool | None] | None = None,
-) -> Iterator[AudioChunk]:
+) -> AudioStream:
     """Run ``job`` and yield audio chunks of at least ``chunk_seconds`` as soon as their frames are final.
 
     Validation happens here, before the returned iterator starts generating. With a duration the chunks add
@@ -177,7 +201,7 @@ def stream_chunks(
         raise ValueError(
             f"chunk_seconds must be at least one frame ({1 / fr:g} s at {fr} frames/s), got {chunk_seconds!r}"
         )
-    return _stream(model, job, chunk_frames, progress)
+    return AudioStream(_stream(model, job, chunk_frames, progress))
 
 
 def _stream(model: MusicGen, job: CodeGenerator, chunk_frames: int, progress) -> Iterator[AudioChunk]:
@@ -194,9 +218,13 @@ def _stream(model: MusicGen, job: CodeGenerator, chunk_frames: int, progress) ->
         sent += audio.shape[-1]
         return out
 
-    for ready in job.run(progress):
-        if not job.finished and dec.available(ready) >= chunk_frames:
-            yield chunk(dec.step(job.buffer, ready), final=False)
+    steps = job.run(progress)
+    try:
+        for ready in steps:
+            if not job.finished and dec.available(ready) >= chunk_frames:
+                yield chunk(dec.step(job.buffer, ready), final=False)
+    finally:
+        steps.close()  # closed early: the decoder loop releases its buffers now, not at garbage collection
     yield chunk(dec.step(job.buffer, job.frames_ready, final=True), final=True)
 
 

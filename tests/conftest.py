@@ -28,7 +28,7 @@ def tiny_mono_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_stereo(tiny_stereo_checkpoint, tmp_path_factory) -> Path:
-    """The tiny stereo checkpoint exported with ``export_model`` (all five graphs, validated)."""
+    """The tiny stereo checkpoint exported with ``export_model`` (every graph, validated)."""
     from musicgen_onnx.export import export_model
 
     out = tmp_path_factory.mktemp("exports") / "stereo"

@@ -18,10 +18,34 @@ def test_generate_one_prompt(exported_stereo, tmp_path, capsys):
     assert str(out) in printed and "real-time factor" in printed
 
 
-def test_generate_gpu_switches_are_accepted_on_cpu(exported_stereo, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], dict(cuda_graph=None, device_sampling=None, allow_spinning=None, threads=None)),
+        (
+            ["--no-cuda-graph", "--host-sampling", "--no-spin", "--threads", "1"],
+            dict(cuda_graph=False, device_sampling=False, allow_spinning=False, threads=1),
+        ),
+    ],
+)
+def test_generate_switches_reach_the_model(exported_stereo, tmp_path, monkeypatch, flags, expected):
+    """The CLI's device switches must arrive at MusicGen.load, and the loaded model must run with them."""
+    from musicgen_onnx.runtime import MusicGen
+
+    loaded = []
+    real_load = MusicGen.load.__func__
+
+    def spy(cls, *args, **kwargs):
+        loaded.append((kwargs, real_load(cls, *args, **kwargs)))
+        return loaded[-1][1]
+
+    monkeypatch.setattr(MusicGen, "load", classmethod(spy))
     out = tmp_path / "plain.wav"
     args = ["generate", str(exported_stereo), "drums", "-o", str(out), "--duration", "0.3", "--provider", "cpu"]
-    assert main([*args, "--no-cuda-graph", "--host-sampling"]) == 0
+    assert main([*args, *flags]) == 0
+    ((kwargs, model),) = loaded
+    assert {k: kwargs[k] for k in expected} == expected
+    assert not model.cuda_graph and not model.device_sampling  # on the CPU both stay off
     assert sf.read(out, always_2d=True)[0].shape == (9600, 2)
 
 
@@ -58,7 +82,9 @@ def test_generate_with_prompt_audio(exported_stereo, tmp_path):
     ("extra", "message"),
     [
         (["--duration", "-1"], "positive number"),
-        (["--top-k", "0"], "top_k must be"),
+        (["--top-k", "-1"], "top_k must be"),
+        (["--top-p", "0"], "top_p=0 is ambiguous"),
+        (["--seed", "-1"], "seed must be a non-negative integer"),
         (["--prompt-audio", "/nonexistent.wav"], "prompt audio not found"),
     ],
 )

@@ -1,13 +1,12 @@
 """Streaming: chunks while generating, incremental EnCodec decode with a cross-fade, cancel.
 
-The tiny checkpoint's EnCodec codebooks are all zeros (transformers initialises them so), which makes its audio
-independent of the codes; the SNR tests use a copy with random codebooks so the decoder really depends on them.
+The tiny checkpoints get random EnCodec codebooks (tests/tiny_checkpoint.py; transformers would leave them zeros,
+and the audio would then ignore the codes), so the SNR tests below measure a decoder that really depends on them.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -28,23 +27,9 @@ TEXTS = ["an upbeat rock song with electric guitars", "calm piano"]
 
 
 @pytest.fixture(scope="module")
-def live_stereo(tiny_stereo_checkpoint, tmp_path_factory) -> MusicGen:
-    """The tiny stereo checkpoint with random (not zero) EnCodec codebooks, exported."""
-    torch = pytest.importorskip("torch")
-    from musicgen_onnx.export import export_model
-    from transformers import MusicgenForConditionalGeneration
-
-    ckpt = tmp_path_factory.mktemp("live_codebooks") / "ckpt"
-    shutil.copytree(tiny_stereo_checkpoint, ckpt)
-    model = MusicgenForConditionalGeneration.from_pretrained(ckpt).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=gen))
-    model.save_pretrained(ckpt)
-    out = ckpt.parent / "export"
-    export_model(str(ckpt), out)
-    return MusicGen.load(out, provider="cpu")
+def live_stereo(exported_stereo) -> MusicGen:
+    """The tiny stereo export: its EnCodec codebooks are random, so decoded audio depends on every code."""
+    return MusicGen.load(exported_stereo, provider="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +204,43 @@ def test_cli_long_form_stream_and_ctrl_c(exported_mono, tmp_path, stream, monkey
     assert cli.main(["generate", str(exported_mono), "x", "-o", str(out), "--duration", "8", "-q", *flag]) == 0
     audio, _ = sf.read(out, always_2d=True)
     assert audio.shape == (120 * HOP, 1)
+
+
+@pytest.fixture
+def fixed_buffer_model(exported_stereo):
+    """The model in fixed-buffer mode (what cuda_graph=True sets up on a GPU): decoder buffers are pooled."""
+    model = MusicGen.load(exported_stereo, provider="cpu")
+    model._buffer_pool = {}
+    return model
+
+
+def _in_use(model) -> list[bool]:
+    return [buffers.in_use for buffers in model._buffer_pool.values()]
+
+
+@pytest.mark.parametrize("how", ["close", "context", "cancel"])
+def test_abandoned_stream_releases_its_buffers(fixed_buffer_model, how):
+    model = fixed_buffer_model
+    args = dict(duration=2.0, do_sample=False, chunk_seconds=0.2)
+    if how == "context":
+        with model.stream(TEXTS[:1], **args) as chunks:
+            first = next(chunks)
+            assert _in_use(model) == [True]
+        assert chunks.closed
+    else:
+        chunks = model.stream(TEXTS[:1], **args)
+        first = next(chunks)
+        assert _in_use(model) == [True]  # the stream is still referenced and not exhausted
+        getattr(chunks, how)()
+    assert first.audio.shape[-1] > 0
+    assert _in_use(model) == [False]
+    assert list(chunks) == []  # a closed stream yields nothing more
+    # the next generation of that shape reuses the pooled set (on CUDA: replays its captured graph)
+    model.generate(TEXTS[:1], **{k: v for k, v in args.items() if k != "chunk_seconds"})
+    assert len(model._buffer_pool) == 1 and _in_use(model) == [False]
+
+
+def test_exhausted_stream_releases_its_buffers(fixed_buffer_model):
+    chunks = fixed_buffer_model.stream(TEXTS[:1], duration=0.6, do_sample=False)
+    assert sum(c.audio.shape[-1] for c in chunks) == round(0.6 * SR)
+    assert chunks.closed and _in_use(fixed_buffer_model) == [False]

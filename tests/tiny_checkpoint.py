@@ -3,7 +3,8 @@
 Same structure as the released checkpoints, only narrower: a tiny T5 encoder, a tiny EnCodec with the 32 kHz layout
 (upsampling [8, 5, 4, 4] -> hop 640, 50 frames/s, 4 quantizers x 2048 entries), and a MusicGen decoder with 4 (mono)
 or 8 (stereo, interleaved) codebooks of 2048 entries. The decoder width differs from the text width so the
-``enc_to_dec_proj`` projection exists. The lm_heads are scaled x8 so greedy argmax is not a near-tie (DESIGN.md §3).
+``enc_to_dec_proj`` projection exists. The lm_heads are scaled x8 so greedy argmax is not a near-tie
+(docs/design.md §16).
 
 Written to ``out_dir``: the model (``save_pretrained``), a stand-in tokenizer (``tokenizer.json`` + transformers
 files) and a hub-like ``generation_config.json``.

@@ -1,0 +1,92 @@
+"""Default thread count: the CPUs this process may use (affinity, cgroup v1 / v2 quota), not the host's cores."""
+
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+import pytest
+from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime import cpus as cpus_module
+from musicgen_onnx.runtime.cpus import available_cpus, cgroup_cpu_limit
+from musicgen_onnx.runtime.sessions import make_session_options
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota_of_own_group_and_parents(tmp_path):
+    root, proc = tmp_path / "cg", tmp_path / "proc_cgroup"
+    _write(proc, "0::/kubepods/pod1/ctr\n")
+    _write(root / "cpu.max", "max 100000\n")
+    _write(root / "kubepods/pod1/cpu.max", "250000 100000\n")  # the pod: 2.5 CPUs
+    _write(root / "kubepods/pod1/ctr/cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(2.5)
+    _write(root / "kubepods/pod1/ctr/cpu.max", "50000 100000\n")  # the container is tighter
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(0.5)
+
+
+def test_cgroup_v1_quota(tmp_path):
+    root, proc = tmp_path / "cg", tmp_path / "proc_cgroup"
+    _write(proc, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    _write(root / "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    _write(root / "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    _write(root / "cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "300000\n")
+    _write(root / "cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(3.0)
+
+
+def test_hybrid_host_reads_the_unified_mount(tmp_path):
+    root, proc = tmp_path / "cg", tmp_path / "proc_cgroup"
+    _write(proc, "1:cpu:/\n0::/svc\n")
+    _write(root / "unified/svc/cpu.max", "150000 100000\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(1.5)
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path):
+    assert cgroup_cpu_limit(tmp_path / "missing", tmp_path / "missing_proc") is None
+    _write(tmp_path / "cg/cpu.max", "garbage\n")
+    _write(tmp_path / "proc", "0::/\n")
+    assert cgroup_cpu_limit(tmp_path / "cg", tmp_path / "proc") is None
+
+
+def test_available_cpus_follows_affinity_and_quota(monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(cpus_module, "cgroup_cpu_limit", lambda: None)
+    assert available_cpus() == affinity
+    monkeypatch.setattr(cpus_module, "cgroup_cpu_limit", lambda: 1.5)
+    assert available_cpus() == 1  # a fractional quota rounds down
+    monkeypatch.setattr(cpus_module, "cgroup_cpu_limit", lambda: 0.2)
+    assert available_cpus() == 1
+    monkeypatch.setattr(cpus_module, "cgroup_cpu_limit", lambda: 64.0)
+    assert available_cpus() == affinity
+
+
+def test_one_allowed_cpu_gives_one_thread(exported_mono):
+    """A process pinned to one CPU must not get onnxruntime's one-thread-per-host-core pool."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        assert make_session_options(None).intra_op_num_threads == 1
+        model = MusicGen.load(exported_mono, provider="cpu")
+        assert model.generate("x", max_new_tokens=6).shape[0] == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert make_session_options(None).intra_op_num_threads == available_cpus()
+
+
+def test_spin_control_and_thread_errors():
+    options = make_session_options(2, allow_spinning=False)
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert (
+        make_session_options(1, allow_spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    )
+    assert isinstance(make_session_options(None), ort.SessionOptions)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=r"threads must be a positive integer, or None for the CPUs"):
+            make_session_options(bad)
+    with pytest.raises(ValueError, match="allow_spinning must be True, False or None"):
+        make_session_options(None, allow_spinning="no")
