@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from musicgen_onnx.runtime.manifest import (
+    FORMAT_VERSION,
     AudioSpec,
     DecoderSpec,
     GenerationDefaults,
@@ -25,6 +26,7 @@ from . import onnx_io
 from .cuda_graph_check import check_cuda_graph
 from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
+from .melody import is_melody_model, melody_plans, melody_spec
 from .memory import return_freed_memory_to_os
 from .onnx_io import DEFAULT_OPSET
 from .precision import check_precision
@@ -50,6 +52,8 @@ class GraphPlan:
     build: Callable[[Any], Any]  # model -> wrapper nn.Module
     inputs: Callable[[Any, Any], tuple]  # (model, wrapper) -> example inputs for tracing
     names: Callable[[Any], tuple[list[str], list[str], dict]]  # wrapper -> (inputs, outputs, dynamic axes)
+    validator: Callable | None = None  # (path, model, wrapper, tol) -> checks; default: validate.VALIDATORS[role]
+    smoke: Callable | None = None  # (path, model, wrapper) for reduced precision; default: validate.smoke_test
 
 
 KV_CACHES = ("static", "concat")
@@ -186,6 +190,7 @@ def _build_manifest(
     model = ckpt.model
     dec = model.decoder.config
     codec = model.audio_encoder.config
+    melody = is_melody_model(model)
     hop = 1
     for ratio in codec.upsampling_ratios:
         hop *= int(ratio)
@@ -225,6 +230,9 @@ def _build_manifest(
         graphs=graphs,
         files=files,
         exporter=_versions(),
+        format_version=FORMAT_VERSION,
+        conditioning="prefix" if melody else "cross_attention",
+        melody=melody_spec(model, MAX_TEXT_TOKENS) if melody else None,
     )
 
 
@@ -294,10 +302,15 @@ def export_model(
             # the decoder's random weights go to a scratch file, mapped back like a checkpoint's
             ckpt = load_random_weights(random_weights, seed=seed, scratch=scratch)
         logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
+        plans = _plans(include_audio_encoder, kv_cache, precision)
+        if is_melody_model(ckpt.model):
+            if kv_cache != "static":
+                raise ValueError("melody checkpoints are exported with kv_cache='static' only (the prefix decoder)")
+            plans = melody_plans(GraphPlan, plans, MAX_TEXT_TOKENS)
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
-        for plan in _plans(include_audio_encoder, kv_cache, precision):
+        for plan in plans:
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
             in_names, out_names, axes = plan.names(wrapper)
@@ -314,12 +327,12 @@ def export_model(
             external = write_model(graph.copy() if converts else graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
             t1 = time.perf_counter()
             if validate:
-                validate_graph(plan.role, path, ckpt.model, wrapper, tolerance)
+                validate_graph(plan.role, path, ckpt.model, wrapper, tolerance, plan.validator)
             if converts:
                 external = write_model(
                     convert_precision(plan.role, graph, precision), path, onnx_io.EXTERNAL_DATA_MIN_BYTES
                 )
-                smoke_test(plan.role, path, ckpt.model, wrapper)
+                (plan.smoke or smoke_test)(plan.role, path, ckpt.model, wrapper)
             del graph
             t2 = time.perf_counter()
             logger.info(

@@ -10,8 +10,8 @@ from typing import Any
 
 logger = logging.getLogger("musicgen_onnx")
 
-SUPPORTED_MODEL_TYPES = ("musicgen",)
 MELODY_MODEL_TYPES = ("musicgen_melody",)
+SUPPORTED_MODEL_TYPES = ("musicgen", *MELODY_MODEL_TYPES)
 
 
 class CheckpointError(ValueError):
@@ -20,7 +20,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedCheckpoint:
-    model: Any  # MusicgenForConditionalGeneration, fp32, eval mode
+    model: Any  # MusicgenForConditionalGeneration (or MusicgenMelodyForConditionalGeneration), fp32, eval mode
     tokenizer: Any  # tokenizers.Tokenizer
     source: str
     random_weights: bool
@@ -32,12 +32,6 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _reject_unsupported(model_type: str, source: str) -> None:
-    if model_type in MELODY_MODEL_TYPES:
-        raise CheckpointError(
-            f"{source} is a MusicGen-Melody checkpoint (model_type={model_type!r}); melody checkpoints "
-            "are not supported yet: export one of the text-to-music checkpoints (musicgen-small, -medium, "
-            "-large and their stereo variants)"
-        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
             f"{source} is not a MusicGen checkpoint: its config has model_type={model_type!r}, "
@@ -48,7 +42,12 @@ def _reject_unsupported(model_type: str, source: str) -> None:
 def load_checkpoint(source: str, *, revision: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint with transformers' own ``from_pretrained`` (hub id or local directory)."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, MusicgenForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
     path = Path(source).expanduser()
     if path.exists() and not path.is_dir():
@@ -65,7 +64,9 @@ def load_checkpoint(source: str, *, revision: str | None = None) -> LoadedCheckp
     _reject_unsupported(getattr(config, "model_type", "?"), source)
 
     logger.info("loading %s with transformers", source)
-    model = MusicgenForConditionalGeneration.from_pretrained(location, revision=revision, dtype=torch.float32)
+    melody = config.model_type in MELODY_MODEL_TYPES
+    model_cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    model = model_cls.from_pretrained(location, revision=revision, dtype=torch.float32)
     model.eval()
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
@@ -84,10 +85,8 @@ def load_random_weights(name: str, *, seed: int = 0, scratch: Path | None = None
 
     With ``scratch`` (a file path) the decoder's weights are written there and memory-mapped back.
     """
-    from .random_weights import build_random_model, is_melody
+    from .random_weights import build_random_model
 
-    if is_melody(name):
-        _reject_unsupported(MELODY_MODEL_TYPES[0], name)
     model, tokenizer = build_random_model(name, seed=seed, scratch=scratch)
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, source=name, random_weights=True)
 

@@ -326,8 +326,11 @@ VALIDATORS: dict[str, Callable] = {
 }
 
 
-def validate_graph(role: str, path: Path, model, wrapper, tol: float = FP32_TOLERANCE) -> list[Check]:
-    checks = VALIDATORS[role](path, model, wrapper, tol)
+def validate_graph(
+    role: str, path: Path, model, wrapper, tol: float = FP32_TOLERANCE, validator: Callable | None = None
+) -> list[Check]:
+    """Run ``validator`` (default: the role's entry in VALIDATORS) and raise on the first failed check."""
+    checks = (validator or VALIDATORS[role])(path, model, wrapper, tol)
     for check in checks:
         logger.debug("validate %s [%s]: max|diff| %.3g (scale %.3g)", role, check.case, check.max_abs_diff, check.scale)
         if not check.ok:

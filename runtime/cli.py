@@ -39,6 +39,9 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--prompt-audio", type=Path, help="audio file to continue (any sample rate)")
+    p.add_argument(
+        "--melody", type=Path, help="melody checkpoints: audio file whose chromagram to follow (any sample rate)"
+    )
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto", help="execution provider")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: the CPUs this process may use)")
     p.add_argument(
@@ -116,6 +119,11 @@ def run_generate(argv: list[str]) -> int:
             if not args.prompt_audio.is_file():
                 raise FileNotFoundError(f"prompt audio not found: {args.prompt_audio}")
             prompt, prompt_sr = read_audio(args.prompt_audio)
+        melody, melody_sr = (None, None)
+        if args.melody is not None:
+            if not args.melody.is_file():
+                raise FileNotFoundError(f"melody file not found: {args.melody}")
+            melody, melody_sr = read_audio(args.melody)
         kwargs = dict(
             duration=args.duration,
             seed=args.seed,
@@ -127,6 +135,8 @@ def run_generate(argv: list[str]) -> int:
             prompt_audio=prompt,
             prompt_sample_rate=prompt_sr,
         )
+        if melody is not None:
+            kwargs.update(melody=melody, melody_sample_rate=melody_sr)
         if args.extend_stride is not None:
             kwargs["extend_stride"] = args.extend_stride
         if args.window is not None:

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from .decoder_runner import make_runner
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .manifest import Manifest, verify_files
+from .melody import MelodyCondition, MelodyDecoderRunner
 from .options import SamplingOptions
 from .sampler import GraphSampler
 from .sessions import (
@@ -80,7 +81,14 @@ class Engine:
         self.session_options = options
         graphs = manifest.graphs
         self.text_encoder = text_encoder
-        self.cross_kv = self._open(graphs["cross_kv"].file)
+        # text models: every layer's cross K/V; melody models: the prefix graph (chroma + text states)
+        self.cross_kv = self._open(graphs["cross_kv"].file) if "cross_kv" in graphs else None
+        self.melody_prefix = None
+        if manifest.conditioning == "prefix":
+            self.melody_prefix = self._open(graphs["melody_prefix"].file)
+            if cuda_graph:
+                logger.warning("melody exports run the decoder without CUDA-graph capture for now")
+            cuda_graph = False  # the prefix decoder runs uncaptured (its step inputs are rebound per call)
         self.decoder, self.cuda_graph = open_decoder_session(
             model_dir / graphs["decoder"].file, providers, options, cuda_graph
         )
@@ -188,8 +196,14 @@ class Engine:
         (states,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
         return states, mask
 
-    def condition(self, texts: Sequence[str] | None, batch: int) -> Conditioning:
-        """Cross-attention K/V and text mask of the conditional rows (``texts`` None: zeros, T = 1)."""
+    def condition(
+        self, texts: Sequence[str] | None, batch: int, melody: list[np.ndarray] | None = None
+    ) -> Conditioning | MelodyCondition:
+        """Cross-attention K/V and text mask of the conditional rows (``texts`` None: zeros, T = 1); for melody
+        checkpoints a ``MelodyCondition`` that builds each window's prefix."""
+        if self.melody_prefix is not None:
+            text_list = None if texts is None else list(texts)
+            return MelodyCondition(self.manifest, self.encode_text, self.melody_prefix, text_list, batch, melody)
         d = self.manifest.decoder
         if texts is None:
             zeros = np.zeros((batch, d.num_heads, 1, d.head_dim), np.float32)
@@ -240,16 +254,18 @@ class Engine:
 
     def window_steps(
         self,
-        conditioning: Conditioning,
+        conditioning: Conditioning | MelodyCondition,
         prompt_codes: np.ndarray | None,
         steps: int,
         options: SamplingOptions,
         rng: np.random.Generator,
         step_times: list[float],
+        window_start: int = 0,
     ) -> Iterator[DelayPatternState]:
         """The delay-pattern loop of one generate call: prefill, then one decoder call per step, CFG and
         sampling in numpy (or in the sampler graph, on the device). Yields the state after every sampled
-        column (the last one has ``done``); closing the iterator releases the decoder buffers."""
+        column (the last one has ``done``); closing the iterator releases the decoder buffers. ``window_start``
+        (frames) places a melody checkpoint's melody slice (long-form re-slices the melody per window)."""
         d = self.manifest.decoder
         batch = conditioning.batch
         cfg = not conditioning.unconditional and options.guidance_scale > 1
@@ -263,9 +279,14 @@ class Engine:
             pad_token_id=d.pad_token_id,
         )
         state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.channels)
-        cross_kv, text_mask = conditioning.with_cfg() if cfg else (conditioning.cross_kv, conditioning.text_mask)
-        runner = self.decoder_runner()
-        runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
+        if isinstance(conditioning, MelodyCondition):  # this window's prefix (the melody slice moves)
+            runner = MelodyDecoderRunner(self.decoder, self.manifest, self.device)
+            prefix, valid = conditioning.prefix(window_start * self.manifest.audio.hop_length, cfg)
+            runner.start(prefix, valid, max_length=1 + prompt_len + steps)
+        else:
+            cross_kv, text_mask = conditioning.with_cfg() if cfg else (conditioning.cross_kv, conditioning.text_mask)
+            runner = self.decoder_runner()
+            runner.start(cross_kv, text_mask, max_length=1 + prompt_len + steps)
         sampler = None
         if self.sampler is not None:
             sampler = GraphSampler(self.sampler, d.vocab_size, d.num_codebooks, self.device)

@@ -31,6 +31,8 @@ class GenerationRequest:
     seed: int | None
     plan: GenerationPlan
     prompt_audio: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: melody checkpoints: one mono clip per row (or one for all) at the model's rate
+    melody: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 class CodeGenerator:
@@ -75,7 +77,7 @@ class CodeGenerator:
             self.buffer[..., :p] = prompt_codes
             self.frames_ready = p
         t0 = time.perf_counter()
-        conditioning = engine.condition(request.texts, request.batch)
+        conditioning = engine.condition(request.texts, request.batch, request.melody)
         self.timings["text_encode"] = time.perf_counter() - t0
 
         for w in plan.windows:
@@ -83,7 +85,9 @@ class CodeGenerator:
             self.window_prompts.append(given)
             done = w.prompt  # frames of this window already in the buffer
             first = True
-            steps = engine.window_steps(conditioning, given, w.steps, request.options, self.rng, self.step_times)
+            steps = engine.window_steps(
+                conditioning, given, w.steps, request.options, self.rng, self.step_times, window_start=w.start
+            )
             try:
                 for state in steps:
                     if first:

@@ -21,11 +21,15 @@ FORMAT_VERSION = 3
 #: one position per column ([S]) instead of one per row and column ([B, S]).
 MIN_FORMAT_VERSION = 3
 
-#: The graphs an export directory holds, by role.
-GRAPH_ROLES = ("text_encoder", "cross_kv", "decoder", "sampler", "encodec_decode", "encodec_encode")
+
+#: The graphs an export directory holds, by role (melody checkpoints: melody_prefix instead of cross_kv).
+GRAPH_ROLES = ("text_encoder", "cross_kv", "melody_prefix", "decoder", "sampler", "encodec_decode", "encodec_encode")
 #: Graphs the runtime cannot work without (the EnCodec encoder is only needed for audio prompts, the
 #: sampler for token selection on the device).
 REQUIRED_GRAPHS = ("text_encoder", "cross_kv", "decoder", "encodec_decode")
+#: The same for melody checkpoints (conditioning "prefix": chroma + text states before the tokens).
+REQUIRED_MELODY_GRAPHS = ("text_encoder", "melody_prefix", "decoder", "encodec_decode")
+CONDITIONINGS = ("cross_attention", "prefix")
 
 
 class ManifestError(ValueError):
@@ -81,6 +85,24 @@ class TextSpec:
 
 
 @dataclass(frozen=True)
+class MelodySpec:
+    """Chroma conditioning of the melody checkpoints (MusicgenMelodyFeatureExtractor's parameters).
+
+    Mono audio at ``sampling_rate``, at most ``max_seconds``; power spectrogram with a periodic Hann window of
+    ``n_fft`` samples every ``hop_length``; ``num_chroma`` bins; the decoder prefix holds ``chroma_length``
+    frames. ``position_table``: positions the melody decoder's sinusoid table (and so its cache) can hold.
+    """
+
+    sampling_rate: int
+    n_fft: int
+    hop_length: int
+    num_chroma: int
+    chroma_length: int
+    max_seconds: float
+    position_table: int
+
+
+@dataclass(frozen=True)
 class GenerationDefaults:
     """Generation defaults as transformers resolves them for the checkpoint."""
 
@@ -106,6 +128,9 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     exporter: dict[str, str] = field(default_factory=dict)
+    #: "cross_attention" (text models) or "prefix" (melody: chroma + text states before the tokens)
+    conditioning: str = "cross_attention"
+    melody: MelodySpec | None = None
 
     # ---- derived facts the loop uses -------------------------------------------------------------
     @property
@@ -157,6 +182,8 @@ class Manifest:
                 format=fmt,
                 format_version=version,
                 exporter=dict(data.get("exporter", {})),
+                conditioning=str(data.get("conditioning", "cross_attention")),
+                melody=MelodySpec(**data["melody"]) if data.get("melody") else None,
             )
         except ManifestError:
             raise
@@ -181,7 +208,10 @@ class Manifest:
             manifest = cls.from_dict(data)
         except ManifestError as exc:
             raise ManifestError(f"{path}: {exc}") from exc
-        missing = [role for role in REQUIRED_GRAPHS if role not in manifest.graphs]
+        if manifest.conditioning not in CONDITIONINGS or (manifest.conditioning == "prefix") != bool(manifest.melody):
+            raise ManifestError(f"manifest {path}: unknown conditioning {manifest.conditioning!r} or no melody section")
+        required = REQUIRED_MELODY_GRAPHS if manifest.conditioning == "prefix" else REQUIRED_GRAPHS
+        missing = [role for role in required if role not in manifest.graphs]
         if missing:
             raise ManifestError(f"manifest {path} lacks required graphs: {', '.join(missing)}")
         manifest.check_paths(directory)

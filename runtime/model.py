@@ -15,6 +15,7 @@ from .batching import BatchEngine
 from .engine import Engine
 from .job import GenerationRequest
 from .manifest import Manifest
+from .melody import prepare_melody, resolve_melody_batch
 from .options import SamplingOptions, batch_size, check_seed, check_texts, resolve_sampling_options
 from .plan import DEFAULT_DURATION_CAP, plan_generation, resolve_window
 from .streaming import AudioStream, chunk_frames
@@ -88,8 +89,8 @@ class MusicGen:
             allow_spinning=allow_spinning,
             fixed_buffers=fixed_buffers,
         )
-        batcher = None
-        if engine.manifest.decoder.kv_cache == "static":
+        batcher = None  # concat caches and melody checkpoints' prefix decoders run one request at a time
+        if engine.manifest.decoder.kv_cache == "static" and engine.manifest.conditioning != "prefix":
             if max_seconds is None:
                 max_seconds = resolve_window(engine.manifest, None, None)[0] / engine.manifest.audio.frame_rate
             batcher = BatchEngine(engine, max_batch=max_batch, max_seconds=max_seconds, max_queued=max_queued)
@@ -164,6 +165,8 @@ class MusicGen:
         seed: int | None = None,
         prompt_audio: np.ndarray | None = None,
         prompt_sample_rate: int | None = None,
+        melody: np.ndarray | Sequence[np.ndarray] | None = None,
+        melody_sample_rate: int | None = None,
         window: float | None = None,
         extend_stride: float | None = None,
         progress: ProgressCallback | None = None,
@@ -178,7 +181,9 @@ class MusicGen:
         ``duration_cap`` seconds. ``prompt_audio`` ([B, C, L] or [C, L] at ``prompt_sample_rate``) is
         continued; the returned audio starts with the (re-synthesised) prompt, as transformers returns it.
         ``progress(frames_done, frames_total)`` is called after every step; returning False stops and the
-        audio made so far is returned (``stopped_early``).
+        audio made so far is returned (``stopped_early``). Melody checkpoints only: ``melody`` ([L], [C, L],
+        [B, C, L] or a list of clips, at ``melody_sample_rate``) is followed via its chromagram (see ``melody``);
+        None uses the null melody, as transformers does.
         """
         submission = self.submit(
             texts,
@@ -192,6 +197,8 @@ class MusicGen:
             seed=seed,
             prompt_audio=prompt_audio,
             prompt_sample_rate=prompt_sample_rate,
+            melody=melody,
+            melody_sample_rate=melody_sample_rate,
             window=window,
             extend_stride=extend_stride,
         )
@@ -283,6 +290,8 @@ class MusicGen:
         seed: int | None = None,
         prompt_audio: np.ndarray | None = None,
         prompt_sample_rate: int | None = None,
+        melody: np.ndarray | Sequence[np.ndarray] | None = None,
+        melody_sample_rate: int | None = None,
         window: float | None = None,
         extend_stride: float | None = None,
     ) -> GenerationRequest:
@@ -295,6 +304,15 @@ class MusicGen:
             sr = self.sampling_rate if prompt_sample_rate is None else prompt_sample_rate
             prompt = prepare_prompt_audio(prompt_audio, sr, target_sr=self.sampling_rate, channels=self.channels)
         batch = batch_size(text_list, prompt)
+        clips = None
+        if melody is not None:
+            if self.manifest.conditioning != "prefix":
+                raise ValueError(
+                    f"{self.model_dir} is not a melody checkpoint ({self.manifest.source}): melody= needs an export of "
+                    "facebook/musicgen-melody, -melody-large, -stereo-melody or -stereo-melody-large"
+                )
+            clips = prepare_melody(melody, melody_sample_rate, self.manifest)
+            batch = resolve_melody_batch(clips, batch, text_list is not None, prompt)
         if prompt is not None and prompt.shape[0] != batch:
             prompt = np.repeat(prompt, batch, axis=0) if prompt.shape[0] == 1 else prompt
         prompt_frames = 0 if prompt is None else math.ceil(prompt.shape[-1] / self.manifest.audio.hop_length)
@@ -310,7 +328,7 @@ class MusicGen:
             extend_stride=extend_stride,
             duration_cap=self.duration_cap,
         )
-        if text_list is None and options.guidance_scale > 1:
+        if text_list is None and clips is None and options.guidance_scale > 1:
             options = replace(options, guidance_scale=1.0)  # unconditional: CFG would be a no-op
         texts_tuple = None if text_list is None else tuple(text_list)
-        return GenerationRequest(texts_tuple, batch, options, seed, plan, prompt)
+        return GenerationRequest(texts_tuple, batch, options, seed, plan, prompt, clips)

@@ -54,3 +54,38 @@ def exported_stereo_concat(tiny_stereo_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "stereo_concat"
     export_model(str(tiny_stereo_checkpoint), out, kv_cache="concat", include_audio_encoder=False)
     return out
+
+
+# ---- melody checkpoints (tests/tiny_melody_checkpoint.py) ----------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_melody_stereo_checkpoint(tmp_path_factory) -> Path:
+    """A tiny stereo MusicgenMelodyForConditionalGeneration checkpoint (chroma_length 24)."""
+    from tiny_melody_checkpoint import build_tiny_melody_checkpoint
+
+    return build_tiny_melody_checkpoint(tmp_path_factory.mktemp("tiny_melody_stereo"), channels=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_melody_mono_checkpoint(tmp_path_factory) -> Path:
+    """A tiny mono MusicgenMelodyForConditionalGeneration checkpoint (chroma_length 24)."""
+    from tiny_melody_checkpoint import build_tiny_melody_checkpoint
+
+    return build_tiny_melody_checkpoint(tmp_path_factory.mktemp("tiny_melody_mono"), channels=1, seed=1)
+
+
+@pytest.fixture(scope="session")
+def exported_melody_stereo(tiny_melody_stereo_checkpoint, tmp_path_factory) -> Path:
+    from musicgen_onnx.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "melody_stereo"
+    export_model(str(tiny_melody_stereo_checkpoint), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_melody_mono(tiny_melody_mono_checkpoint, tmp_path_factory) -> Path:
+    from musicgen_onnx.export import export_model
+
+    out = tmp_path_factory.mktemp("exports") / "melody_mono"
+    export_model(str(tiny_melody_mono_checkpoint), out, include_audio_encoder=False)
+    return out

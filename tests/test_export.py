@@ -107,7 +107,8 @@ def test_manifest_contract(which, channels, codebooks, request):
     export_dir = request.getfixturevalue(f"exported_{which}")
     manifest = Manifest.load(export_dir)
     assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
-    assert set(manifest.graphs) == set(GRAPH_ROLES)
+    assert set(manifest.graphs) == set(GRAPH_ROLES) - {"melody_prefix"}  # melody_prefix: melody checkpoints only
+    assert (manifest.conditioning, manifest.melody, manifest.format_version) == ("cross_attention", None, 2)
     assert manifest.audio.channels == channels and manifest.decoder.num_codebooks == codebooks
     assert (manifest.audio.sampling_rate, manifest.audio.frame_rate, manifest.audio.hop_length) == (32000, 50, 640)
     assert manifest.decoder.pad_token_id == manifest.decoder.decoder_start_token_id == 2048
@@ -164,23 +165,7 @@ def test_directory_without_config(tmp_path):
         export_model(str(tmp_path / "empty"), tmp_path / "out")
 
 
-def test_melody_checkpoint_rejected(tmp_path):
-    from transformers import EncodecConfig, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, T5Config
-
-    config = MusicgenMelodyConfig(
-        text_encoder=T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=64).to_dict(),
-        audio_encoder=EncodecConfig().to_dict(),
-        decoder=MusicgenMelodyDecoderConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).to_dict(),
-    )
-    config.save_pretrained(tmp_path / "melody")
-    with pytest.raises(CheckpointError, match="Melody"):
-        export_model(str(tmp_path / "melody"), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_random_weights_melody_rejected_before_building(tmp_path):
-    with pytest.raises(CheckpointError, match="Melody"):
-        export_model(None, tmp_path / "out", random_weights="facebook/musicgen-stereo-melody")
+def test_unknown_random_weights_name_rejected_before_building(tmp_path):
     with pytest.raises(ValueError, match="unknown MusicGen checkpoint"):
         export_model(None, tmp_path / "out", random_weights="facebook/musicgen-huge")
     assert list(tmp_path.iterdir()) == []

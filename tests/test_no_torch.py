@@ -51,3 +51,42 @@ def test_generation_without_torch_or_transformers(exported_stereo, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"shape": [1, 2, 12800], "pipe": [2, 6 * 640], "cli": 0, "loaded": []}
     assert (tmp_path / "node.wav").stat().st_size > 44
+
+
+MELODY_SCRIPT = SCRIPT.split("from musicgen_onnx.runtime import")[0] + textwrap.dedent(
+    """
+    import numpy as np
+    import soundfile as sf
+    from musicgen_onnx.runtime import MusicGen
+    from musicgen_onnx.runtime.cli import main
+
+    tune = (0.3 * np.sin(np.arange(44100) * 2 * np.pi * 440 / 44100)).astype(np.float32)
+    sf.write(sys.argv[2], tune, 44100)
+    model = MusicGen.load(sys.argv[1])
+    audio = model.generate(["techno"], melody=np.stack([tune, tune]), melody_sample_rate=44100, duration=0.4, seed=1)
+    code = main(["generate", sys.argv[1], "piano", "--melody", sys.argv[2], "-o", sys.argv[3], "--duration", "0.3",
+                 "-q"])
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+    print(json.dumps({"shape": list(audio.shape), "cli": code, "loaded": loaded}))
+    """
+)
+
+
+def test_melody_generation_without_torch_or_transformers(exported_melody_stereo, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MELODY_SCRIPT,
+            str(exported_melody_stereo),
+            str(tmp_path / "t.wav"),
+            str(tmp_path / "o.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"shape": [1, 2, 12800], "cli": 0, "loaded": []}
+    assert (tmp_path / "o.wav").stat().st_size > 44
