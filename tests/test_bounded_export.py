@@ -34,7 +34,8 @@ def _feeds(role: str, session: ort.InferenceSession, rng: np.random.Generator, s
     seq_len = 1 if step else 3
     special = {
         "total_sequence_length": np.array(6 if step else 3, np.int32),
-        "position_ids": np.array([5]) if step else np.arange(3, dtype=np.int64),
+        # batch 3 (the default of every named dimension below); rows at different positions in a step
+        "position_ids": np.array([[5], [4], [5]]) if step else np.tile(np.arange(3, dtype=np.int64), (3, 1)),
         "top_k": np.array([7], np.int64),
         "guidance_scale": np.array(2.5, np.float32),
         "temperature": np.array(0.8, np.float32),
