@@ -419,12 +419,18 @@ def follow(handle: RequestHandle, progress: Callable[[int, int], bool | None] | 
     frames = -1
     try:
         while True:
-            frames = handle.wait(frames)
+            ready = handle.wait(frames)
             if handle.done:
                 break
+            if progress is not None:  # every frame in order, as if the caller were the only one
+                for f in range(ready if frames < 0 else frames + 1, ready + 1):
+                    if progress(f, total) is False:
+                        handle.stop(f)  # the result ends exactly where the caller said stop
+                        break
+                if handle.stopped:
+                    break
+            frames = ready
             yield frames
-            if progress is not None and progress(frames, total) is False:
-                handle.stop(frames)
         handle.result()  # raises if the request failed or was cancelled
         if handle.finished and progress is not None:
             progress(total, total)

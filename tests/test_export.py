@@ -108,7 +108,7 @@ def test_manifest_contract(which, channels, codebooks, request):
     manifest = Manifest.load(export_dir)
     assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
     assert set(manifest.graphs) == set(GRAPH_ROLES) - {"melody_prefix"}  # melody_prefix: melody checkpoints only
-    assert (manifest.conditioning, manifest.melody, manifest.format_version) == ("cross_attention", None, 2)
+    assert (manifest.conditioning, manifest.melody, manifest.format_version) == ("cross_attention", None, 3)
     assert manifest.audio.channels == channels and manifest.decoder.num_codebooks == codebooks
     assert (manifest.audio.sampling_rate, manifest.audio.frame_rate, manifest.audio.hop_length) == (32000, 50, 640)
     assert manifest.decoder.pad_token_id == manifest.decoder.decoder_start_token_id == 2048

@@ -25,7 +25,7 @@ def _export_then_sleep_script(checkpoint, target) -> str:
         import time
         from musicgen_onnx.export import exporter
 
-        real = exporter.export_module
+        real = exporter.write_model
 
         def slow(*args, **kwargs):
             out = real(*args, **kwargs)
@@ -33,7 +33,7 @@ def _export_then_sleep_script(checkpoint, target) -> str:
             time.sleep(600)  # the parent kills us here, mid-export
             return out
 
-        exporter.export_module = slow
+        exporter.write_model = slow
         exporter.export_model({str(checkpoint)!r}, {str(target)!r}, include_audio_encoder=False)
         """
     )
