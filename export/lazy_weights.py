@@ -133,7 +133,7 @@ def _op_table() -> dict[str, Callable]:
         "Slice": _slice,
         "Cast": cast,
         "Mul": torch.mul,
-        "Div": torch.div,
+        "Div": lambda a, b: torch.div(a, b, rounding_mode=None if a.is_floating_point() else "trunc"),
         "Add": torch.add,
         "Sub": torch.sub,
         "Pow": torch.pow,
