@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from musicgen_onnx.runtime.streaming import (
     decode_long,
     measure_receptive_field,
     snr_db,
+    stream_chunks,
 )
 
 SR, HOP = 32000, 640
@@ -77,7 +79,7 @@ def test_stream_matches_one_shot_decode(live_stereo, batch):
     audio = concat(chunks)
     assert audio.shape == ref.audio.shape == (batch, 2, 5 * SR)
     check_snr(ref.audio, audio, f"stream vs one-shot decode, tiny stereo, batch {batch}")
-    assert len(chunks) >= 10  # 250 frames in chunks of 25
+    assert all(c.audio.shape[-1] >= SR // 2 for c in chunks[:-1])  # at least 25 frames each, more when behind
 
 
 def test_stream_long_form(live_stereo):
@@ -85,7 +87,10 @@ def test_stream_long_form(live_stereo):
     ref = live_stereo.generate_detailed(TEXTS[:1], **kwargs)
     chunks = list(live_stereo.stream(TEXTS[:1], chunk_seconds=1.0, **kwargs))
     check_chunks(chunks, 1, 2)
-    assert len(chunks) >= 12 and len(ref.windows) == 5
+    # The engine runs ahead of a slow reader, and a reader that falls behind gets bigger chunks, so the count
+    # depends on timing; the size bound does not.
+    assert len(ref.windows) == 5
+    assert all(c.audio.shape[-1] >= SR for c in chunks[:-1])
     check_snr(ref.audio, concat(chunks), "stream vs one-shot decode, tiny stereo long-form 12 s")
 
 
@@ -118,19 +123,37 @@ def test_overlap_is_what_makes_it_exact(live_stereo):
     assert snr_db(ref - dc, audio - dc) < SNR_BOUND_DB
 
 
-def test_chunks_arrive_before_the_loop_ends(mono):
-    events = []
+class ScriptedSource:
+    """A code source advanced one frame at a time by the test: the stream's timing without any threads."""
 
-    def progress(done, total):
-        events.append(("progress", done, total))
+    def __init__(self, result) -> None:
+        self.buffer, self.plan = result.codes, result.plan
+        self.frames_ready, self.finished, self.stopped = 0, False, False
 
-    for chunk in mono.stream(None, duration=4.0, chunk_seconds=1.0, seed=0, progress=progress):
-        events.append(("chunk", chunk.start, chunk.final))
-    chunks = [e for e in events if e[0] == "chunk"]
-    assert len(chunks) >= 4  # 4 chunks of frames -> at least 4 chunks
-    first = events.index(chunks[0])
-    assert any(e[0] == "progress" and e[1] < e[2] for e in events[first:])  # generation went on afterwards
-    assert events[-2] == ("progress", 200, 200) and events[-1][2]  # the final chunk comes after the last step
+    def steps(self, events: list) -> Iterator[int]:
+        total = self.buffer.shape[-1]
+        for f in range(1, total + 1):
+            self.frames_ready = f
+            events.append(("step", f))
+            yield f
+        self.finished = True
+        yield total
+
+
+def test_chunks_arrive_as_soon_as_their_frames_are_final(mono):
+    ref = mono.generate_detailed(None, duration=4.0, seed=0)
+    source, events, pieces = ScriptedSource(ref), [], []
+    for chunk in stream_chunks(mono.engine, source, source.steps(events), 50):
+        pieces.append(chunk)
+        events.append(("chunk", chunk.start_sample // HOP, chunk.audio.shape[-1] // HOP, chunk.final))
+    # A non-final chunk of 50 frames needs the right context and the cross-fade after it to be final.
+    need = RIGHT_CONTEXT_FRAMES + CROSSFADE_FRAMES
+    chunks = [(i, e) for i, e in enumerate(events) if e[0] == "chunk"]
+    assert [e[1:] for _, e in chunks] == [(0, 50, False), (50, 50, False), (100, 50, False), (150, 50, True)]
+    for i, (_, start, n, _) in chunks[:-1]:
+        assert events[i - 1] == ("step", start + n + need)  # yielded right after the step that made it final
+    assert events[-2] == ("step", 200) and chunks[-1][0] == len(events) - 1
+    check_snr(ref.audio, concat(pieces), "scripted stream vs one-shot decode, tiny mono")
 
 
 def test_cancel_returns_a_valid_shorter_clip(live_stereo):
