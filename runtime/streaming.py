@@ -207,9 +207,12 @@ class CodeSource(Protocol):
 
 
 def stream_chunks(engine: Engine, source: CodeSource, steps: Iterator[int], frames_per_chunk: int) -> AudioStream:
-    """Drive ``steps`` (an iterator that advances ``source``) and yield audio chunks of at least
-    ``frames_per_chunk`` frames as soon as they are final. With a duration the chunks add up to exactly that
-    many samples; when generation is stopped early the final chunk ends the audio made."""
+    """Drive ``steps`` (an iterator that advances ``source``) and yield audio chunks of ``frames_per_chunk``
+    frames as soon as they are final, then a final chunk with the rest. With a duration the chunks add up to
+    exactly that many samples; when generation is stopped early the final chunk ends the audio made.
+
+    Chunk boundaries depend only on the codes, never on timing: a reader that falls behind the generator gets
+    the same chunks (several at once), so the same seed gives the same audio bytes however fast it is read."""
     return AudioStream(_stream(engine, source, steps, frames_per_chunk))
 
 
@@ -217,6 +220,8 @@ def _stream(engine: Engine, job: CodeSource, steps: Iterator[int], chunk_frames:
     sr = engine.manifest.audio.sampling_rate
     dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
     total_samples = job.plan.total_samples
+    total_frames = job.buffer.shape[-1]
+    held_back = dec.right_context + dec.crossfade  # frames after a chunk that must be final before it is sent
     sent = 0
 
     def chunk(audio: np.ndarray, final: bool) -> AudioChunk:
@@ -227,12 +232,18 @@ def _stream(engine: Engine, job: CodeSource, steps: Iterator[int], chunk_frames:
         sent += audio.shape[-1]
         return out
 
+    def complete_chunks(limit: int) -> Iterator[AudioChunk]:
+        """Every non-final chunk whose frames and held-back context are within the first ``limit`` frames.
+        ``limit`` stays below the last frame: the chunk that reaches the end is the final one."""
+        while dec.emitted + chunk_frames + held_back <= limit:
+            yield chunk(dec.step(job.buffer, dec.emitted + chunk_frames + held_back), final=False)
+
     try:
         for ready in steps:
-            if not job.finished and dec.available(ready) >= chunk_frames:
-                yield chunk(dec.step(job.buffer, ready), final=False)
+            yield from complete_chunks(min(ready, total_frames - 1))
     finally:
         steps.close()  # closed early: the generation stops and its decoder rows are released now
+    yield from complete_chunks(job.frames_ready - 1)  # a reader that fell behind catches up on the same chunks
     yield chunk(dec.step(job.buffer, job.frames_ready, final=True), final=True)
 
 

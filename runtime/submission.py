@@ -117,7 +117,7 @@ class Submission:
         )
 
     def stream(self, chunk_seconds: float = 1.0, progress: ProgressCallback | None = None) -> AudioStream:
-        """Audio chunks of at least ``chunk_seconds`` as soon as their frames are final (see ``streaming``);
+        """Audio chunks of ``chunk_seconds`` as soon as their frames are final (see ``streaming``);
         closing the stream early cancels the request."""
         frames = chunk_frames(self.engine.manifest.audio.frame_rate, chunk_seconds)
         return stream_chunks(self.engine, self.source, self._steps(progress), frames)
