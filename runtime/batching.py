@@ -191,6 +191,8 @@ class BatchEngine:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoder steps run (for tests and monitoring)
+        self.last_step_at = time.monotonic()  # when the last step ended (or the engine was made): for watchdogs
+        self._suspended_until = 0.0
 
     # ---- client side -------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestHandle:
@@ -261,6 +263,22 @@ class BatchEngine:
         with self._lock:
             return len(self._runs)
 
+    @property
+    def queued(self) -> int:
+        """Requests accepted and waiting for free slots."""
+        with self._lock:
+            return len(self._pending)
+
+    def suspend(self, seconds: float) -> None:
+        """Hold the step loop for ``seconds`` before its next step; requests keep their rows and wait.
+
+        For fault drills: a watchdog over ``steps`` / ``last_step_at`` must see a loop that makes no progress
+        (a hung device, a deadlock) and have the process replaced; this produces one on demand."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+            raise ValueError(f"seconds must be a number in [0, 3600], got {seconds!r}")
+        with self._lock:
+            self._suspended_until = time.monotonic() + seconds
+
     # ---- engine thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -271,6 +289,10 @@ class BatchEngine:
                         handle.cancel()
                     return
                 self._retire_ended()
+                hold = self._suspended_until - time.monotonic()
+                if hold > 0:
+                    self._lock.wait(min(hold, 1.0))  # suspended (``suspend``): no step, re-check close and time
+                    continue
                 admitted = self._admit()
             try:
                 for run in admitted:
@@ -351,6 +373,7 @@ class BatchEngine:
         rows = 2 * (max(s for run in self._runs for s in run.slots) + 1)
         logits = dec.step(rows)
         self.steps += 1
+        self.last_step_at = time.monotonic()
         for run in list(self._runs):
             start_len = run.prefill.shape[-1]
             if run.fed < start_len:

@@ -1,4 +1,4 @@
-"""``musicgen-onnx``: ``generate`` (runtime only) and ``export`` (needs the export extra)."""
+"""``musicgen-onnx``: ``generate`` (runtime only), ``export`` (export extra) and ``serve`` (serve extra)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,24 @@ import sys
 import time
 from pathlib import Path
 
-USAGE = """usage: musicgen-onnx {generate,export} ...
+USAGE = """usage: musicgen-onnx {generate,export,serve} ...
 
   generate   make music from an export directory (numpy + onnxruntime only)
   export     export a checkpoint to ONNX (needs: pip install "musicgen-onnx[export]")
+  serve      serve an export over HTTP with Ray Serve (needs: pip install "musicgen-onnx[serve]")
 
-run `musicgen-onnx generate -h` or `musicgen-onnx export -h` for options
+run `musicgen-onnx COMMAND -h` for options
 """
+
+#: command -> (module imported only for it, what it needs, how to install it)
+OPTIONAL_COMMANDS = {
+    "export": (
+        "musicgen_onnx.export.cli",
+        "torch, transformers and onnx",
+        'pip install torch==2.13.0 && pip install "musicgen-onnx[export]"',
+    ),
+    "serve": ("musicgen_onnx.serving.cli", "ray[serve] and fastapi", 'pip install "musicgen-onnx[serve]"'),
+}
 
 
 def build_generate_parser() -> argparse.ArgumentParser:
@@ -203,18 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "generate":
         return run_generate(rest)
-    if command == "export":
+    if command in OPTIONAL_COMMANDS:
+        module, needs, install = OPTIONAL_COMMANDS[command]
         try:
-            # Imported by name, only for this command: inference nodes never load torch.
-            export_cli = importlib.import_module("musicgen_onnx.export.cli")
+            # Imported by name, only for this command: inference nodes never load torch or Ray.
+            command_cli = importlib.import_module(module)
         except ImportError as exc:
-            print(
-                f"musicgen-onnx export needs torch, transformers and onnx ({exc.name} is missing):\n"
-                '  pip install torch==2.13.0 && pip install "musicgen-onnx[export]"',
-                file=sys.stderr,
-            )
+            print(f"musicgen-onnx {command} needs {needs} ({exc.name} is missing):\n  {install}", file=sys.stderr)
             return 2
-        return export_cli.main(rest)
+        return command_cli.main(rest)
     print(f"musicgen-onnx: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
