@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +55,23 @@ PRIVATE_ATTRIBUTE = re.compile(r"\b(?:model|engine|runner|job|stream|chunks|mono
 
 def test_tests_and_benchmarks_use_no_private_runtime_members():
     offenders = []
-    for folder in ("tests", "benchmarks"):
+    for folder in ("tests", "benchmarks", "serving"):
         for path in (ROOT / folder).glob("*.py"):
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if PRIVATE_ATTRIBUTE.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_runtime_and_the_serving_package_load_no_web_stack():
+    """Inference nodes without the serve extra import the runtime; ``musicgen_onnx.serving`` itself (its config)
+    loads neither Ray nor FastAPI until a server is built."""
+    code = (
+        "import sys, musicgen_onnx.runtime, musicgen_onnx.serving, musicgen_onnx.serving.formats, "
+        "musicgen_onnx.serving.schema; "
+        "print(sorted(m for m in ('ray', 'fastapi', 'starlette', 'torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+    runtime_sources = "\n".join(p.read_text() for p in RUNTIME.glob("*.py"))
+    assert not re.search(r"^\s*(from|import) musicgen_onnx\.serving", runtime_sources, re.M)
