@@ -9,6 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
+import ray
+import yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from .deployment import APP_NAME, build_app
+
 logger = logging.getLogger("musicgen_onnx")
 
 
@@ -61,13 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model_dir / "manifest.json").is_file():
         print(f"musicgen-onnx serve: {args.model_dir} is not an export directory (no manifest.json)", file=sys.stderr)
         return 2
-    import ray
-    import yaml
-    from ray import serve
-    from ray.serve.schema import ServeDeploySchema
-
-    from .deployment import APP_NAME, build_app
-
     replicas = args.replicas if args.replicas == "auto" else _int_or_exit("--replicas", args.replicas)
     app_args = {
         "model_dir": str(args.model_dir.resolve()),

@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -321,3 +323,14 @@ def test_config_errors_name_the_valid_values(exported_mono):
     with pytest.raises(ValueError, match="provider must be one of auto, cuda, cpu"):
         ServeConfig(model_dir="x", provider="tpu")
     assert build_app({"model_dir": str(exported_mono), "max_batch": "3", "replicas": "auto"}) is not None
+
+
+def test_serve_without_the_serve_extra_says_how_to_install_it():
+    code = (
+        "import sys; sys.modules['ray'] = None; from musicgen_onnx.runtime.cli import main; "
+        "raise SystemExit(main(['serve', 'out/x']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "musicgen-onnx serve needs ray[serve] and fastapi (ray is missing)" in out.stderr
+    assert 'pip install "musicgen-onnx[serve]"' in out.stderr
