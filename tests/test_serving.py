@@ -84,8 +84,8 @@ def stereo_app(cluster, exported_stereo) -> str:
 
 @pytest.fixture(scope="session")
 def faults_app(cluster, exported_mono) -> str:
-    """The tiny mono export with fault drills on and a fast watchdog, on its own route."""
-    args = dict(model_dir=str(exported_mono), threads=1, fault_injection=True, stall_after_s=2.0)
+    """The tiny mono export with fault drills on, a fast watchdog and a 3 s request timeout, on its own route."""
+    args = dict(model_dir=str(exported_mono), threads=1, fault_injection=True, stall_after_s=2.0, request_timeout_s=3.0)
     return _run({**args, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0}, "faults", "/faults", cluster)
 
 
@@ -235,6 +235,15 @@ def test_a_client_that_disconnects_cancels_its_row(stereo_app):
     _poll(lambda: _engine(stereo_app)["active"] == 0, 60, "the abandoned request to leave the engine")
     steps = _engine(stereo_app)["steps"] - before
     assert steps < 1000, steps  # 60 s is 3000 frames (6 windows); it stopped soon after the disconnect
+
+
+def test_a_request_past_its_timeout_is_408_and_its_row_freed(faults_app):
+    r = post(faults_app, {"input": "too long", "duration": 120.0})  # 6000 steps: far more than 3 s on any machine
+    assert r.status_code == 408 and "request_timeout_s=3 s" in r.json()["error"]["message"]
+    with post(faults_app, {"input": "too long", "duration": 120.0, "stream": True}, stream=True) as r:
+        streamed = b"".join(r.iter_content(chunk_size=None))
+    assert r.status_code == 200 and 44 < len(streamed) < 44 + 2 * 120 * SR  # the stream ends early
+    _poll(lambda: _engine(faults_app)["active"] == 0, 30, "the timed-out requests to leave the engine")
 
 
 def test_a_killed_replica_is_replaced(faults_app):
