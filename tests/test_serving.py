@@ -22,6 +22,7 @@ import requests
 import soundfile as sf
 import yaml
 from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime.audio import resample
 from musicgen_onnx.serving import ServeConfig
 from musicgen_onnx.serving.cli import main as serve_cli
 from musicgen_onnx.serving.deployment import build_app
@@ -102,9 +103,15 @@ def test_mp3_and_opus_decode_to_the_requested_length(stereo_app, fmt, media, rat
     audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
     assert sr == rate and audio.shape[1] == 2
     assert abs(audio.shape[0] - 1.5 * rate) <= frame, audio.shape
+    # the same sound as the WAV: correlated sample by sample, compared without their means (the tiny model's
+    # output rides on a large DC offset, which Opus's encoder filters out by design)
     reference, _ = sf.read(io.BytesIO(post(stereo_app, body).content), dtype="float32")
-    rms = float(np.sqrt(np.mean(audio**2))), float(np.sqrt(np.mean(reference**2)))
-    assert 0.5 < rms[0] / rms[1] < 2.0, rms  # the clip, not silence or clipping
+    reference = resample(reference.T, SR, rate).T
+    n = min(len(audio), len(reference))
+    middle = slice(n // 10, n - n // 10)
+    for channel in range(2):
+        a, b = audio[middle, channel], reference[middle, channel]
+        assert np.corrcoef(a - a.mean(), b - b.mean())[0, 1] > 0.9
     assert len(r.content) < len(post(stereo_app, {**body, "response_format": "flac"}).content)
 
 

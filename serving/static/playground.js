@@ -38,7 +38,8 @@ async function errorMessage(response) {
     text = text.slice(0, 300) || response.statusText;
   }
   const retry = response.headers.get("Retry-After");
-  return `${response.status}: ${text}` + (retry ? ` (retry after ${retry} s)` : "");
+  const hint = retry && !/retry/i.test(text) ? ` (retry after ${retry} s)` : "";
+  return `${response.status}: ${text}${hint}`;
 }
 
 async function loadModel() {
