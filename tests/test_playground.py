@@ -12,6 +12,7 @@ import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import soundfile as sf
@@ -20,6 +21,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from serving_fixtures import poll
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "playground.png"
@@ -177,3 +179,45 @@ def test_a_bad_duration_shows_the_422_message(browser, stereo_app):
     assert message.is_displayed()
     assert message.text == "422: duration must be in (0, 120] seconds, got 500"
     assert browser.find_element(By.ID, "generate").is_enabled()
+
+
+def test_an_audio_prompt_goes_as_a_multipart_upload(browser, stereo_app, tmp_path):
+    t = np.arange(SR // 2) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    path = tmp_path / "tone.wav"
+    sf.write(path, np.stack([tone, tone], axis=1), SR)
+    _open(browser, stereo_app)
+    _fill(browser, prompt="continue this", duration="1.5", seed="4", format="wav")
+    browser.find_element(By.ID, "audio-prompt").send_keys(str(path))
+    run = _generate(browser)
+    assert not run.get("error") and run["samples"] == run["planned"] == int(1.5 * SR)
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return window.playground.run.download !== null"))
+    wav = _fetch(browser, browser.execute_script("return window.playground.run.download"))
+    with path.open("rb") as upload:  # the server's answer to the same multipart request
+        form = {"input": "continue this", "duration": "1.5", "seed": "4"}
+        files = {"audio_prompt": ("tone.wav", upload, "audio/wav")}
+        expected = requests.post(f"{stereo_app}/v1/audio/generations", data=form, files=files, timeout=WAIT_S)
+    assert wav == expected.content
+    browser.find_element(By.ID, "audio-prompt").clear()
+
+
+def test_a_full_server_shows_the_429_message(browser, stereo_app):
+    """The app's 2 slots and 2 queue places taken by held streams: the page's request is turned away."""
+    _open(browser, stereo_app)
+    held = []
+    try:
+        for i in range(4):
+            body = {"input": f"hold {i}", "duration": 120, "seed": i, "stream": True}
+            held.append(requests.post(f"{stereo_app}/v1/audio/generations", json=body, stream=True, timeout=WAIT_S))
+            assert held[-1].status_code == 200
+        _fill(browser, prompt="one too many", duration="1", seed="1", format="wav")
+        run = _generate(browser)
+        assert run["error"]
+        message = browser.find_element(By.ID, "message").text
+        assert message.startswith("429: the server is at capacity") and "retry after 2 s" in message
+    finally:
+        for response in held:
+            response.close()  # the server cancels their rows at its next step
+    poll(
+        lambda: requests.get(f"{stereo_app}/healthz", timeout=10).json()["engine"]["active"] == 0, 60, "an idle engine"
+    )
