@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def browser():
         "--no-sandbox",  # CI runs as root in a container
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=820,660",
+        "--window-size=820,800",
         "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
@@ -225,3 +226,13 @@ def test_a_full_server_shows_the_429_message(browser, stereo_app):
         return engine["active"] + engine["queued"] == 0
 
     poll(idle, 60, "the engine to drop the held streams")
+
+
+def test_the_page_is_one_self_contained_document(stereo_app):
+    """Served from package data with its script and stylesheet inline: nothing fetched from elsewhere."""
+    r = requests.get(f"{stereo_app}/", timeout=WAIT_S)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "<script>" in page and "<style>" in page and "LivePlayer" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<!-- playground." not in page  # every marker was replaced
