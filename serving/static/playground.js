@@ -128,7 +128,10 @@ class LivePlayer {
     source.start(at);
     this.next = at + buffer.duration;
     this.sources.push(source);
-    if (this.sources.length === 1) this.element.play().catch((e) => showMessage(`playback: ${e.message}`));
+    if (this.sources.length === 1) {
+      // AbortError: a newer generation replaced the element's source before it started: nothing to report
+      this.element.play().catch((e) => e.name === "AbortError" || showMessage(`playback: ${e.message}`));
+    }
     return at - now;
   }
 
@@ -210,12 +213,15 @@ async function generate(event) {
     totalMs: null, samples: 0, planned: null, rate: 1, channels: 1, seed: null, gaps: 0, file: null, download: null,
   });
   $("generate").disabled = true;
+  for (const id of ["ttfa", "rtf", "used-seed"]) $(id).textContent = "–";
+  $("total").textContent = "waiting for the first audio…";
   try {
     const response = await fetch(base + "v1/audio/generations", requestInit({ ...fields, response_format: "pcm", stream: true }));
     if (!response.ok) {
       showMessage(await errorMessage(response));
       run.totalMs = performance.now() - run.started;
       run.error = true;
+      $("total").textContent = "–";
       return;
     }
     run.seed = Number(response.headers.get("X-Seed"));
@@ -240,6 +246,7 @@ async function generate(event) {
   } catch (e) {
     showMessage(`request failed: ${e.message}`);
     run.error = true;
+    $("total").textContent = "–";
   } finally {
     if (run.totalMs === null) run.totalMs = performance.now() - run.started;
     $("generate").disabled = false;
