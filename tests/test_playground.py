@@ -157,6 +157,27 @@ def test_a_generation_plays_while_it_is_generated(browser, stereo_app):
     browser.save_screenshot(str(SCREENSHOT))
 
 
+def test_a_stream_slower_than_real_time_pauses_to_buffer_then_plays_through(browser, stereo_app):
+    """Chromium's network throttling at half the clip's byte rate (32 kHz stereo int16: 128 kB/s), as a model
+    slower than real time would deliver it: the first piece plays at once; the audio cannot arrive faster than
+    half real time, so playback must pause to buffer; every sample is still played, then the whole file."""
+    _open(browser, stereo_app)
+    _fill(browser, prompt="slow network", duration="4", seed="6", format="wav")
+    browser.set_network_conditions(offline=False, latency=0, download_throughput=64_000, upload_throughput=1_000_000)
+    try:
+        run = _generate(browser)
+    finally:
+        browser.delete_network_conditions()
+    assert not run.get("error") and run["samples"] == run["planned"] == 4 * SR
+    assert run["firstAudioMs"] is not None and run["pauses"] >= 1
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return window.playground.run.file !== null"))
+    heard = browser.execute_script("return window.playground.run.heardMs")
+    print(
+        f"half real time: first audio {run['firstAudioMs']:.0f} ms, stream {run['totalMs']:.0f} ms for 4 s, "
+        f"{run['pauses']} pause(s) to buffer, live playback over at {heard:.0f} ms"
+    )
+
+
 @pytest.mark.parametrize(("fmt", "rate", "frame"), [("mp3", SR, 1152), ("opus", 48000, 960)])
 def test_the_download_comes_in_the_picked_format(browser, stereo_app, fmt, rate, frame):
     _open(browser, stereo_app)

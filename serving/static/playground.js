@@ -91,23 +91,71 @@ function audioContext() {
 }
 
 class LivePlayer {
-  // Plays interleaved int16 pieces through the <audio> element as they arrive.
-  constructor(ctx, rate, channels, element) {
+  // Plays interleaved int16 pieces through the <audio> element as they arrive. The first piece plays at once.
+  // If the stream falls behind playback (a model slower than real time), the player pauses once and holds
+  // the next pieces until, at the rate audio has been arriving, the rest of the clip can play through.
+  constructor(ctx, rate, channels, plannedFrames, element) {
     this.ctx = ctx;
     this.rate = rate;
     this.channels = channels;
+    this.planned = plannedFrames;
     this.element = element;
     this.sink = ctx.createMediaStreamDestination();
     this.sources = [];
     this.next = 0;
-    this.gaps = 0;
+    this.pauses = 0;
+    this.holding = false;
+    this.held = [];
+    this.heldFrames = 0;
+    this.arrived = 0;
+    this.first = null; // {at, frames}: when the first piece arrived, and its size
     this.stopped = false;
     element.pause();
     element.removeAttribute("src");
     element.srcObject = this.sink.stream;
   }
 
-  // Schedules one piece (whole frames); returns the seconds until it is heard.
+  // Takes one piece (whole frames); returns the seconds until it is heard, or null while it is held.
+  push(bytes) {
+    const frames = bytes.byteLength / (2 * this.channels);
+    this.arrived += frames;
+    if (this.first === null) this.first = { at: performance.now(), frames };
+    if (!this.holding && this.sources.length > 0 && this.next < this.ctx.currentTime + 0.005) {
+      this.holding = true; // playback caught up with the stream: buffer before going on
+      this.pauses += 1;
+    }
+    if (this.holding) {
+      this.held.push(bytes);
+      this.heldFrames += frames;
+      if (this.canPlayThrough()) this.release();
+      return null;
+    }
+    return this.schedule(bytes);
+  }
+
+  // Called after the last piece: whatever is held plays now.
+  finish() {
+    if (this.held.length > 0) this.release();
+  }
+
+  canPlayThrough() {
+    const seconds = (performance.now() - this.first.at) / 1000;
+    const speed = (this.arrived - this.first.frames) / this.rate / seconds; // audio seconds per second
+    if (!(speed > 0)) return false;
+    if (speed >= 1) return true;
+    const missing = Math.max(0, this.planned - this.arrived) / this.rate;
+    return this.heldFrames / this.rate >= 1.1 * missing * (1 / speed - 1) + LEAD_S;
+  }
+
+  release() {
+    const held = this.held;
+    this.held = [];
+    this.heldFrames = 0;
+    this.holding = false;
+    for (const bytes of held) this.schedule(bytes);
+  }
+
+  // Schedules one piece right after the previous one (or LEAD_S from now); the seconds until it is heard.
   schedule(bytes) {
     const frames = bytes.byteLength / (2 * this.channels);
     const buffer = this.ctx.createBuffer(this.channels, frames, this.rate);
@@ -120,11 +168,7 @@ class LivePlayer {
     source.buffer = buffer;
     source.connect(this.sink);
     const now = this.ctx.currentTime;
-    let at = this.next;
-    if (at < now + 0.005) {
-      if (this.sources.length > 0) this.gaps += 1; // the stream fell behind playback: a silent gap
-      at = now + LEAD_S;
-    }
+    const at = this.next < now + 0.005 ? now + LEAD_S : this.next;
     source.start(at);
     this.next = at + buffer.duration;
     this.sources.push(source);
@@ -193,7 +237,7 @@ function showStats(run) {
   $("ttfa").textContent = seconds(run.firstAudioMs);
   const clip = run.samples / run.rate;
   $("total").textContent = run.totalMs === null ? "generating…" : `${seconds(run.totalMs)} for ${clip.toFixed(2)} s of audio`;
-  $("rtf").textContent = run.totalMs === null || clip === 0 ? "–" : (run.totalMs / 1000 / clip).toFixed(2) + (run.gaps ? ` (${run.gaps} gaps while playing)` : "");
+  $("rtf").textContent = run.totalMs === null || clip === 0 ? "–" : (run.totalMs / 1000 / clip).toFixed(2) + (run.pauses ? ` (paused ${run.pauses}× to buffer)` : "");
   $("used-seed").textContent = run.seed ?? "–";
 }
 
@@ -210,7 +254,7 @@ async function generate(event) {
   const format = $("format").value;
   const run = (state.run = {
     id: ++state.runs, fields, format, started: performance.now(), firstAudioMs: null, playingMs: null,
-    totalMs: null, samples: 0, planned: null, rate: 1, channels: 1, seed: null, gaps: 0, file: null, download: null,
+    totalMs: null, heardMs: null, samples: 0, planned: null, rate: 1, channels: 1, seed: null, pauses: 0, file: null, download: null,
   });
   $("generate").disabled = true;
   for (const id of ["ttfa", "rtf", "used-seed"]) $(id).textContent = "–";
@@ -228,16 +272,17 @@ async function generate(event) {
     run.rate = Number(response.headers.get("X-Audio-Sample-Rate"));
     run.channels = Number(response.headers.get("X-Audio-Channels"));
     run.planned = Number(response.headers.get("X-Audio-Samples"));
-    const player = (state.player = new LivePlayer(ctx, run.rate, run.channels, $("player")));
+    const player = (state.player = new LivePlayer(ctx, run.rate, run.channels, run.planned, $("player")));
     $("player").addEventListener("playing", () => { run.playingMs ??= performance.now() - run.started; }, { once: true });
     const parts = await receive(response.body, run, player);
     run.totalMs = performance.now() - run.started;
-    run.gaps = player.gaps;
+    run.pauses = player.pauses;
     showStats(run);
     if (run.samples < run.planned) showMessage(`the stream ended early: ${run.samples} of ${run.planned} samples (see the server log)`);
     const wav = wavFile(parts, run.rate, run.channels);
     player.ended().then(() => {
       if (state.player !== player) return; // a newer generation took over the element
+      run.heardMs = performance.now() - run.started; // the live playback's end
       player.element.srcObject = null;
       player.element.src = objectURL(wav);
       run.file = player.element.src;
@@ -275,8 +320,9 @@ async function receive(body, run, player) {
     if (whole === 0) return;
     parts.push(piece);
     run.samples += whole / frameBytes;
-    const lead = player.schedule(piece);
-    if (run.firstAudioMs === null) run.firstAudioMs = performance.now() - run.started + lead * 1000;
+    const lead = player.push(piece);
+    run.pauses = player.pauses;
+    if (run.firstAudioMs === null && lead !== null) run.firstAudioMs = performance.now() - run.started + lead * 1000;
     showStats(run);
   };
   const reader = body.getReader();
@@ -288,6 +334,7 @@ async function receive(body, run, player) {
     flush(false);
   }
   flush(true);
+  player.finish();
   return parts;
 }
 
