@@ -11,12 +11,13 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
 from .config import ServeConfig
 from .http import error_response, generations, guarded
+from .playground import page
 from .service import MusicGenService, ServiceError
 
 logger = logging.getLogger("musicgen_onnx")
@@ -48,6 +49,11 @@ class MusicGenServer:
     @api.post("/v1/audio/generations")
     async def create_generation(self, request: Request) -> Response:
         return await guarded(lambda: generations(request, self.service))
+
+    @api.get("/")
+    async def playground(self) -> Response:
+        """The playground page: prompt, controls, live playback, timings, download (docs/design.md §21)."""
+        return HTMLResponse(page(), headers={"Cache-Control": "no-cache"})
 
     @api.get("/v1/models")
     async def models(self) -> Response:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .formats import content_type, encode, wav_stream_header
+from .formats import content_type, encode, file_rate, wav_stream_header
 from .schema import InvalidRequestError, parse_body
 from .service import Generation, MusicGenService, ServiceError
 
@@ -110,7 +110,9 @@ async def generations(request: Request, service: MusicGenService) -> Response:
             f"the request did not finish within request_timeout_s={service.config.request_timeout_s:g} s",
             "timeout",
         ) from None
-    headers["X-Audio-Samples"] = str(len(pcm) // (2 * m.channels))
+    rate = file_rate(body.response_format, m.sampling_rate)  # Opus: 48 kHz, the samples resampled
+    headers["X-Audio-Sample-Rate"] = str(rate)
+    headers["X-Audio-Samples"] = str(round(len(pcm) // (2 * m.channels) * rate / m.sampling_rate))
     data = await asyncio.to_thread(encode, bytes(pcm), body.response_format, m.sampling_rate, m.channels)
     return Response(data, media_type=media, headers=headers)
 

@@ -89,3 +89,28 @@ def exported_melody_mono(tiny_melody_mono_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "melody_mono"
     export_model(str(tiny_melody_mono_checkpoint), out, include_audio_encoder=False)
     return out
+
+
+# ---- the served app (tests/test_serving.py, tests/test_playground.py) -----------------------------------------
+@pytest.fixture(scope="session")
+def cluster():
+    """A local Ray cluster with Serve's HTTP proxy on 127.0.0.1; the URL of the proxy."""
+    import ray
+    from ray import serve
+    from serving_fixtures import free_port
+
+    port = free_port()
+    ray.init(num_cpus=6, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stereo_app(cluster, exported_stereo) -> str:
+    """The tiny stereo export at "/": 2 slots, 2 waiting, 0.5 s stream chunks."""
+    from serving_fixtures import run_app
+
+    args = dict(model_dir=str(exported_stereo), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
+    return run_app({**args, "warmup_seconds": 0.2, "max_upload_bytes": 200_000}, "stereo", "/", cluster)

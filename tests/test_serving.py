@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -21,72 +20,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import ray
 import requests
 import soundfile as sf
 import yaml
 from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime.audio import resample
 from musicgen_onnx.serving import ServeConfig
 from musicgen_onnx.serving.cli import main as serve_cli
 from musicgen_onnx.serving.deployment import build_app
 from musicgen_onnx.serving.formats import to_pcm16
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
+from serving_fixtures import poll, run_app
 
 SR = 32000
 TIMEOUT = 120  # seconds, for any one HTTP call
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    """A local Ray cluster with Serve's HTTP proxy on 127.0.0.1; the URL of the proxy."""
-    port = _free_port()
-    ray.init(num_cpus=6, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
-
-
-def _run(app_args: dict, name: str, route: str, url: str) -> str:
-    serve.run(build_app(app_args), name=name, route_prefix=route)
-    base = url + (route if route != "/" else "")
-    _poll(lambda: requests.get(f"{base}/healthz", timeout=10).status_code == 200, 120, f"{name} to come up")
-    return base
-
-
-def _poll(check, limit_s: float, what: str, every: float = 0.5):
-    """Call ``check`` until it returns something truthy, at most ``limit_s`` seconds."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except requests.RequestException:
-            value = None
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"waited {limit_s} s for {what}")
-
-
-@pytest.fixture(scope="session")
-def stereo_app(cluster, exported_stereo) -> str:
-    """The tiny stereo export: 2 slots, 2 waiting, 0.5 s stream chunks."""
-    args = dict(model_dir=str(exported_stereo), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
-    return _run({**args, "warmup_seconds": 0.2, "max_upload_bytes": 200_000}, "stereo", "/", cluster)
 
 
 @pytest.fixture(scope="session")
 def faults_app(cluster, exported_mono) -> str:
     """The tiny mono export with fault drills on, a fast watchdog and a 3 s request timeout, on its own route."""
     args = dict(model_dir=str(exported_mono), threads=1, fault_injection=True, stall_after_s=2.0, request_timeout_s=3.0)
-    return _run({**args, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0}, "faults", "/faults", cluster)
+    return run_app({**args, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0}, "faults", "/faults", cluster)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +92,31 @@ def test_streamed_bytes_equal_the_whole_file(stereo_app):
     np.testing.assert_array_equal(sf.read(io.BytesIO(flac.content), dtype="int16")[0], audio)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "media", "rate", "frame"), [("mp3", "audio/mpeg", SR, 1152), ("opus", "audio/ogg", 48000, 960)]
+)
+def test_mp3_and_opus_decode_to_the_requested_length(stereo_app, fmt, media, rate, frame):
+    """Compressed files: the requested length within one codec frame (MP3: 1152 samples; Opus: 20 ms at its
+    48 kHz, to which the 32 kHz clip is resampled), at the rate the headers announce, and the same sound."""
+    body = {"input": "compressed", "duration": 1.5, "seed": 11}
+    r = post(stereo_app, {**body, "response_format": fmt})
+    assert r.status_code == 200 and r.headers["content-type"].startswith(media)
+    assert (r.headers["X-Audio-Sample-Rate"], r.headers["X-Audio-Samples"]) == (str(rate), str(round(1.5 * rate)))
+    audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert sr == rate and audio.shape[1] == 2
+    assert abs(audio.shape[0] - 1.5 * rate) <= frame, audio.shape
+    # the same sound as the WAV: correlated sample by sample, compared without their means (the tiny model's
+    # output rides on a large DC offset, which Opus's encoder filters out by design)
+    reference, _ = sf.read(io.BytesIO(post(stereo_app, body).content), dtype="float32")
+    reference = resample(reference.T, SR, rate).T
+    n = min(len(audio), len(reference))
+    middle = slice(n // 10, n - n // 10)
+    for channel in range(2):
+        a, b = audio[middle, channel], reference[middle, channel]
+        assert np.corrcoef(a - a.mean(), b - b.mean())[0, 1] > 0.9
+    assert len(r.content) < len(post(stereo_app, {**body, "response_format": "flac"}).content)
+
+
 def test_unconditional_generation_and_a_drawn_seed(stereo_app):
     r = post(stereo_app, {"input": None, "duration": 0.5})
     assert r.status_code == 200 and int(r.headers["X-Seed"]) >= 0
@@ -155,8 +135,10 @@ def test_unconditional_generation_and_a_drawn_seed(stereo_app):
         ({"input": "x", "guidance_scale": "high"}, "guidance_scale must be a finite number"),
         ({"input": "x", "seed": -3}, "seed must be a non-negative integer"),
         ({"input": 5}, "input must be a text prompt"),
-        ({"input": "x", "response_format": "mp4"}, "response_format must be one of wav, flac, pcm"),
+        ({"input": "x", "response_format": "mp4"}, "response_format must be one of wav, flac, pcm, mp3, opus"),
         ({"input": "x", "response_format": "flac", "stream": True}, "cannot be streamed"),
+        ({"input": "x", "response_format": "mp3", "stream": True}, "with stream=true use one of wav, pcm"),
+        ({"input": "x", "response_format": "opus", "stream": True}, "with stream=true use one of wav, pcm"),
         ({"prompt": "x"}, "unknown fields ['prompt']"),
         ([1, 2], "the body must be a JSON object"),
     ],
@@ -232,7 +214,7 @@ def test_a_client_that_disconnects_cancels_its_row(stereo_app):
     with post(stereo_app, {"input": "long", "duration": 60.0, "stream": True}, stream=True) as r:
         assert r.status_code == 200
         next(r.iter_content(chunk_size=4096))  # generation has started
-    _poll(lambda: _engine(stereo_app)["active"] == 0, 60, "the abandoned request to leave the engine")
+    poll(lambda: _engine(stereo_app)["active"] == 0, 60, "the abandoned request to leave the engine")
     steps = _engine(stereo_app)["steps"] - before
     assert steps < 1000, steps  # 60 s is 3000 frames (6 windows); it stopped soon after the disconnect
 
@@ -243,7 +225,7 @@ def test_a_request_past_its_timeout_is_408_and_its_row_freed(faults_app):
     with post(faults_app, {"input": "too long", "duration": 120.0, "stream": True}, stream=True) as r:
         streamed = b"".join(r.iter_content(chunk_size=None))
     assert r.status_code == 200 and 44 < len(streamed) < 44 + 2 * 120 * SR  # the stream ends early
-    _poll(lambda: _engine(faults_app)["active"] == 0, 30, "the timed-out requests to leave the engine")
+    poll(lambda: _engine(faults_app)["active"] == 0, 30, "the timed-out requests to leave the engine")
 
 
 def test_a_killed_replica_is_replaced(faults_app):
@@ -255,7 +237,7 @@ def test_a_killed_replica_is_replaced(faults_app):
         r = requests.get(f"{faults_app}/healthz", timeout=10)
         return r.status_code == 200 and r.json()["pid"] != pid
 
-    _poll(new_replica, 120, "a new replica")
+    poll(new_replica, 120, "a new replica")
     r = post(faults_app, {"input": "after the crash", "duration": 0.5, "seed": 1})
     print(f"killed replica serving again after {time.monotonic() - killed:.1f} s")
     assert r.status_code == 200 and sf.read(io.BytesIO(r.content))[0].shape == (SR // 2,)
@@ -273,7 +255,7 @@ def test_a_stalled_loop_is_replaced(faults_app):
         r = requests.get(f"{faults_app}/healthz", timeout=10)
         return r.status_code == 200 and r.json()["pid"] != pid
 
-    _poll(replaced, 120, "the stalled replica to be replaced")
+    poll(replaced, 120, "the stalled replica to be replaced")
     print(f"stalled replica replaced after {time.monotonic() - started:.1f} s")
     stuck.join(timeout=TIMEOUT)
     assert post(faults_app, {"input": "fine again", "duration": 0.5}).status_code == 200
@@ -290,7 +272,7 @@ def test_stall_drill_is_off_by_default(stereo_app):
 
 
 def test_shutdown_lets_requests_in_flight_finish(cluster, exported_mono):
-    base = _run({"model_dir": str(exported_mono), "threads": 1, "warmup_seconds": 0}, "drain", "/drain", cluster)
+    base = run_app({"model_dir": str(exported_mono), "threads": 1, "warmup_seconds": 0}, "drain", "/drain", cluster)
     started, result = threading.Event(), {}
 
     def long_request():
@@ -318,7 +300,7 @@ def test_yaml_round_trip(cluster, exported_mono, tmp_path):
     app = ServeDeploySchema.model_validate(document).applications[0]
     assert app.import_path == "musicgen_onnx.serving.deployment:build_app" and app.args["max_batch"] == 3
     args = json.loads(json.dumps(app.args))  # what a cluster receives: plain values
-    base = _run({**args, "warmup_seconds": 0}, "from-yaml", "/yaml", cluster)
+    base = run_app({**args, "warmup_seconds": 0}, "from-yaml", "/yaml", cluster)
     model = requests.get(f"{base}/v1/models", timeout=TIMEOUT).json()["data"][0]
     assert model["max_batch"] == 3
     serve.delete("from-yaml")
