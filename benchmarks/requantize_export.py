@@ -1,9 +1,11 @@
 """Measurement helper: convert an fp32 export's decoder to int8 / int4 in place, in a process without torch.
 
-``musicgen-onnx export --precision int8`` quantizes inside the export process while the PyTorch model is still
-loaded; at 1.5 B decoder parameters (musicgen-melody, -stereo-melody, -medium) that peaked above this 24 GB
-machine's memory (killed at 24.3 GB RSS). This script applies the same pass (``export.precision.apply_precision``)
-to the exported fp32 decoder alone and rewrites the manifest (precision, checksums):
+The whole-model exporter quantized inside the export process while the PyTorch model was still loaded; at
+1.5 B decoder parameters (musicgen-melody, -stereo-melody, -medium) that peaked above this 24 GB machine's
+memory. The bounded exporter's ``musicgen-onnx export --precision int8`` now converts tensor by tensor (1.4 GB
+peak anonymous RSS for stereo-melody, benchmarks/README.md), so this script is only for converting an existing
+fp32 export. It applies ``export.precision.apply_precision`` to the exported fp32 decoder alone (loading it
+whole) and rewrites the manifest (precision, checksums):
 
     python benchmarks/requantize_export.py out/sm --precision int8
 """

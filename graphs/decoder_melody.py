@@ -147,14 +147,18 @@ class MelodyDecoderStep(nn.Module):
         self.head_dim = attn.head_dim
         self.scale = attn.scaling
         self.hidden_size = config.hidden_size
-        self.qkv_weights = nn.ParameterList(
-            [
-                nn.Parameter(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], dim=0))
-                for a in (layer.self_attn for layer in self.layers)
-            ]
-        )
-        self.lm_weight = nn.Parameter(torch.cat([head.weight for head in causal_lm.lm_heads], dim=0))
+        self.lm_heads = causal_lm.lm_heads
         self.vocab = causal_lm.lm_heads[0].weight.shape[0]
+
+    # The fused weights are concatenated in forward, not stored (as in DecoderStaticStep): a stored copy would
+    # hold every Q/K/V and lm-head weight a second time in anonymous memory at export. The exporter folds each
+    # Concat (+ Transpose) into one initializer, written lazily.
+    def qkv_weight(self, layer: nn.Module) -> torch.Tensor:
+        attn = layer.self_attn
+        return torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], dim=0)
+
+    def lm_weight(self) -> torch.Tensor:
+        return torch.cat([head.weight for head in self.lm_heads], dim=0)
 
     @property
     def num_layers(self) -> int:
@@ -179,7 +183,7 @@ class MelodyDecoderStep(nn.Module):
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
             residual = hidden
-            qkv = torch.matmul(layer.self_attn_layer_norm(hidden), self.qkv_weights[i].t())
+            qkv = torch.matmul(layer.self_attn_layer_norm(hidden), self.qkv_weight(layer).t())
             attn, key, value = BiasedStaticCacheAttention.apply(
                 qkv, past[2 * i], past[2 * i + 1], seqlens_k, total_sequence_length, attention_bias, self.num_heads,
                 self.scale,
@@ -190,7 +194,7 @@ class MelodyDecoderStep(nn.Module):
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden))))
 
         last = self.layer_norm(hidden[:, -1])
-        logits = torch.matmul(last, self.lm_weight.t()).reshape(batch, self.num_codebooks, self.vocab)
+        logits = torch.matmul(last, self.lm_weight().t()).reshape(batch, self.num_codebooks, self.vocab)
         return (logits, *presents)
 
     def example_inputs(

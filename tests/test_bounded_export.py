@@ -220,3 +220,48 @@ def test_writer_holds_one_tensor_at_a_time(tmp_path):
     assert growth < 4 * 32 * 2**20, f"writer grew anonymous memory by {growth / 1e6:.0f} MB for 805 MB of weights"
     (result,) = _session(tmp_path / "g.onnx").run(None, {})
     assert float(result[0, 0]) == sum(range(count))
+
+
+def _leaves(value) -> list:
+    """The FromTensor leaves of a lazy weight (a recipe's inputs, recursively)."""
+    from musicgen_onnx.export.lazy_weights import FromTensor
+
+    if isinstance(value, FromTensor):
+        return [value]
+    return [leaf for x in getattr(value, "inputs", ()) if x is not None for leaf in _leaves(x)]
+
+
+@pytest.mark.parametrize("which", ["stereo", "melody_stereo"])
+def test_wrappers_hold_no_weight_copies(which, request):
+    """Every weight a traced graph reads is a parameter of the loaded checkpoint or a recipe over its parameters:
+    a wrapper that stored its own fused copy (Q/K/V, lm heads) would hold it in anonymous memory for the whole
+    export. The wrappers' own buffers (a sinusoid table) are small constants and allowed."""
+    from musicgen_onnx.export.exporter import MAX_TEXT_TOKENS, GraphPlan
+    from musicgen_onnx.export.melody import is_melody_model, melody_plans
+    from musicgen_onnx.export.weightless import trace_weightless
+    from transformers import AutoConfig, MusicgenMelodyForConditionalGeneration
+
+    checkpoint = request.getfixturevalue(f"tiny_{which}_checkpoint")
+    melody = AutoConfig.from_pretrained(checkpoint).model_type == "musicgen_melody"
+    cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    model = cls.from_pretrained(checkpoint).eval()
+    assert is_melody_model(model) == melody
+    plans = _plans(True, "static", "fp32")
+    if melody:
+        plans = melody_plans(GraphPlan, plans, MAX_TEXT_TOKENS)
+    own = {id(p) for p in model.parameters()}
+    for plan in plans:
+        wrapper = plan.build(model).eval()
+        in_names, out_names, axes = plan.names(wrapper)
+        graph = trace_weightless(
+            wrapper,
+            plan.inputs(model, wrapper),
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_axes=axes,
+            opset=onnx_io.DEFAULT_OPSET,
+        )
+        for name, value in graph.weights.items():
+            for leaf in _leaves(value):
+                if isinstance(leaf.tensor, torch.nn.Parameter):
+                    assert id(leaf.tensor) in own, f"{plan.role}: {name} reads a parameter the checkpoint lacks"
