@@ -329,7 +329,8 @@ class BatchEngine:
         if start_len > 1 and not self.full_rows:
             t0 = time.perf_counter()
             pairs = [np.repeat(run.prefill[b : b + 1], 2, axis=0) for b in range(len(run.slots))]
-            logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
+            with self.engine.gate:
+                logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
             run.fed = start_len
             self._sample(run, np.stack(logits))
             handle.prefill_times.append(time.perf_counter() - t0)
@@ -349,7 +350,8 @@ class BatchEngine:
                 dec.ids[2 * slot : 2 * slot + 2] = column[b]
                 dec.positions[2 * slot : 2 * slot + 2] = position
         rows = 2 * (max(s for run in self._runs for s in run.slots) + 1)
-        logits = dec.step(rows)
+        with self.engine.gate:  # one onnxruntime pool at a time: the clients' EnCodec decodes wait their turn
+            logits = dec.step(rows)
         self.steps += 1
         for run in list(self._runs):
             start_len = run.prefill.shape[-1]
@@ -373,7 +375,9 @@ class BatchEngine:
         state = run.state
         if run.sampler is not None:  # the same rows and uniforms, through the sampler graph
             value = ort.OrtValue.ortvalue_from_numpy(rows.astype(self.decoder.dtype), self.engine.device, 0)
-            state.write(run.sampler.sample(value, run.rng))
+            with self.engine.gate:
+                tokens = run.sampler.sample(value, run.rng)
+            state.write(tokens)
             self._collect(run)
             return
         scores = process_logits(
