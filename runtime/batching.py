@@ -349,9 +349,10 @@ class BatchEngine:
             for b, slot in enumerate(run.slots):
                 dec.ids[2 * slot : 2 * slot + 2] = column[b]
                 dec.positions[2 * slot : 2 * slot + 2] = position
-        rows = 2 * (max(s for run in self._runs for s in run.slots) + 1)
+        busy = [s for run in self._runs for s in run.slots]
+        first = 0 if self.full_rows else 2 * min(busy)  # idle slots below the busy ones cost nothing
         with self.engine.gate:  # one onnxruntime pool at a time: the clients' EnCodec decodes wait their turn
-            logits = dec.step(rows)
+            logits = dec.step(2 * (max(busy) + 1), first)
         self.steps += 1
         for run in list(self._runs):
             start_len = run.prefill.shape[-1]
@@ -359,7 +360,7 @@ class BatchEngine:
                 run.fed += 1
                 if run.fed < start_len:
                     continue  # more prompt columns to feed: these logits are not used
-            per_slot = np.stack([logits[2 * s : 2 * s + 2] for s in run.slots])
+            per_slot = np.stack([logits[2 * s - first : 2 * s - first + 2] for s in run.slots])
             self._sample(run, per_slot)
         elapsed = time.perf_counter() - t0
         for run in self._runs:
