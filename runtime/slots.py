@@ -8,9 +8,9 @@ that joined at different times share one step (docs/design.md §17).
 Two buffer layouts:
 
 * compact (CPU): the buffers are numpy arrays that onnxruntime reads and writes in place (a CPU OrtValue
-  made from a numpy array shares its memory). A step runs only rows [0, 2 x (highest busy slot + 1)): the
-  bindings are views of leading rows. A multi-token prefill (audio prompt, the prompt of a long-form window)
-  runs on the slot's two rows alone, through views of those rows.
+  made from a numpy array shares its memory). A step runs only the busy range of rows, [2 x lowest busy slot,
+  2 x (highest busy slot + 1)): the bindings are contiguous views of those rows. A multi-token prefill (audio
+  prompt, the prompt of a long-form window) runs on the slot's two rows alone, through views of those rows.
 * full (CUDA, and CUDA graphs): device buffers that never move, every step runs all rows with the buffer
   length as ``total_sequence_length``, so the step can be captured once and replayed. Views of device memory
   are not available from Python, so prompts are fed as forced tokens, one column per step.
