@@ -5,7 +5,8 @@
 
 Requests have durations drawn uniformly from --min-seconds..--max-seconds (2-15 s) and texts from a fixed
 list, from a seeded generator, so every mode serves the same requests. Each request is streamed (1 s chunks),
-as a server would; time to first audio is when its first chunk arrives.
+as a server would; time to first audio is when its first chunk arrives. With ``--no-stream`` each request
+waits for its whole clip (``generate``, one EnCodec decode per clip); first audio is then the whole clip.
 
 Arrivals: ``--clients N`` is a closed loop (N clients, each sends its next request when the last one is
 done); ``--rate R`` an open loop (Poisson arrivals, R requests per second, each handled by its own thread).
@@ -71,18 +72,27 @@ def _consume(stream, req: Request, start: float) -> None:
     req.done = time.perf_counter() - start
 
 
-def run_engine(model, requests: list[Request], clients: int | None, rate: float | None, seed: int) -> float:
+def _whole(model, req: Request, start: float) -> None:
+    audio = model.generate(req.text, duration=req.duration, seed=req.index)
+    req.done = req.first_audio = time.perf_counter() - start
+    req.samples = audio.shape[-1]
+
+
+def run_engine(model, requests: list[Request], clients: int | None, rate: float | None, seed: int, stream: bool):
     start = time.perf_counter()
 
     def serve(req: Request) -> None:
         req.arrival = time.perf_counter() - start
-        _consume(model.stream(req.text, duration=req.duration, seed=req.index), req, start)
+        if stream:
+            _consume(model.stream(req.text, duration=req.duration, seed=req.index), req, start)
+        else:
+            _whole(model, req, start)
 
     _drive(requests, clients, rate, seed, serve, start)
     return time.perf_counter() - start
 
 
-def run_static(model, requests: list[Request], clients: int | None, rate: float | None, seed: int, slots: int):
+def run_static(model, requests, clients: int | None, rate: float | None, seed: int, slots: int, stream: bool):
     """Static batching: a collector thread forms batches from the waiting requests and runs each to its end."""
     start = time.perf_counter()
     waiting: list[Request] = []
@@ -100,6 +110,14 @@ def run_static(model, requests: list[Request], clients: int | None, rate: float 
             if not batch:
                 continue
             longest = max(r.duration for r in batch)
+            if not stream:  # the whole batch to its longest, then each request's clip cut to its own length
+                audio = model.generate([r.text for r in batch], duration=longest, seed=batch[0].index)
+                now = time.perf_counter() - start
+                for req in batch:
+                    req.samples = min(audio.shape[-1], round(req.duration * model.sampling_rate))
+                    req.first_audio = req.done = now
+                    finished[req.index].set()
+                continue
             with model.stream([r.text for r in batch], duration=longest, seed=batch[0].index) as chunks:
                 for chunk in chunks:
                     now = time.perf_counter() - start
@@ -230,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--modes", nargs="+", default=["engine", "sequential", "static"])
     parser.add_argument("--no-spin", action="store_true", help="load with allow_spinning=False")
+    parser.add_argument("--no-stream", action="store_true", help="requests wait for the whole clip (generate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON record")
     parser.add_argument("--plot", type=Path, help="PNG: throughput, latency and time to first audio per mode")
@@ -248,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             args.export_dir,
             provider=args.provider,
             threads=args.threads,
+            allow_spinning=False if args.no_spin else None,
             verify=False,
             max_batch=slots,
             max_queued=args.requests,
@@ -260,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.clients} clients" if args.clients else f"rate {args.rate}/s",
             )
             if mode == "static":
-                wall = run_static(model, requests, args.clients, args.rate, args.seed, args.slots)
+                wall = run_static(model, requests, args.clients, args.rate, args.seed, args.slots, not args.no_stream)
             else:
-                wall = run_engine(model, requests, args.clients, args.rate, args.seed)
+                wall = run_engine(model, requests, args.clients, args.rate, args.seed, not args.no_stream)
             rows.append(summarise(mode, requests, wall, model.sampling_rate))
             log.info("%s: %.1f s of audio in %.1f s", mode, rows[-1]["audio_seconds"], wall)
     load = f"{args.clients} clients (closed loop)" if args.clients else f"Poisson {args.rate} req/s"
+    how = "whole clips (generate)" if args.no_stream else "streamed in 1 s chunks"
+    spin = "allow_spinning=False" if args.no_spin else "spinning (onnxruntime default)"
     print(f"{args.requests} requests of {args.min_seconds:g}-{args.max_seconds:g} s, {load}, slots {args.slots}")
+    print(f"{how}, {spin}, {args.threads or 'usable CPUs'} onnxruntime threads")
     print("| mode | throughput (audio s/s) | latency p50 s | p95 s | first audio p50 s | p95 s | wall s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -351,7 +351,8 @@ class BatchEngine:
         if start_len > 1 and not self.full_rows:
             t0 = time.perf_counter()
             pairs = [np.repeat(run.prefill[b : b + 1], 2, axis=0) for b in range(len(run.slots))]
-            logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
+            with self.engine.gate:
+                logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
             run.fed = start_len
             self._sample(run, np.stack(logits))
             handle.prefill_times.append(time.perf_counter() - t0)
@@ -370,8 +371,10 @@ class BatchEngine:
             for b, slot in enumerate(run.slots):
                 dec.ids[2 * slot : 2 * slot + 2] = column[b]
                 dec.positions[2 * slot : 2 * slot + 2] = position
-        rows = 2 * (max(s for run in self._runs for s in run.slots) + 1)
-        logits = dec.step(rows)
+        busy = [s for run in self._runs for s in run.slots]
+        first = 0 if self.full_rows else 2 * min(busy)  # idle slots below the busy ones cost nothing
+        with self.engine.gate:  # one onnxruntime pool at a time: the clients' EnCodec decodes wait their turn
+            logits = dec.step(2 * (max(busy) + 1), first)
         self.steps += 1
         self.last_step_at = time.monotonic()
         for run in list(self._runs):
@@ -380,7 +383,7 @@ class BatchEngine:
                 run.fed += 1
                 if run.fed < start_len:
                     continue  # more prompt columns to feed: these logits are not used
-            per_slot = np.stack([logits[2 * s : 2 * s + 2] for s in run.slots])
+            per_slot = np.stack([logits[2 * s - first : 2 * s - first + 2] for s in run.slots])
             self._sample(run, per_slot)
         elapsed = time.perf_counter() - t0
         for run in self._runs:
@@ -396,7 +399,9 @@ class BatchEngine:
         state = run.state
         if run.sampler is not None:  # the same rows and uniforms, through the sampler graph
             value = ort.OrtValue.ortvalue_from_numpy(rows.astype(self.decoder.dtype), self.engine.device, 0)
-            state.write(run.sampler.sample(value, run.rng))
+            with self.engine.gate:
+                tokens = run.sampler.sample(value, run.rng)
+            state.write(tokens)
             self._collect(run)
             return
         scores = process_logits(

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .decoder_runner import make_runner
+from .gate import ComputeGate
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .manifest import Manifest, verify_files
 from .melody import MelodyCondition, MelodyDecoderRunner
@@ -79,6 +80,9 @@ class Engine:
         self.providers = providers
         self.device = "cuda" if providers[0] == _CUDA else "cpu"
         self.session_options = options
+        #: Every onnxruntime run of this model on the CPU holds the gate: one thread pool computes at a time
+        #: (the decoder loop and the clients' EnCodec decodes would otherwise oversubscribe the cores, see gate).
+        self.gate = ComputeGate(enabled=self.device == "cpu")
         graphs = manifest.graphs
         self.text_encoder = text_encoder
         # text models: every layer's cross K/V; melody models: the prefix graph (chroma + text states)
@@ -193,7 +197,8 @@ class Engine:
     def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Text -> (encoder_hidden_states [B, T, H_dec], attention_mask [B, T])."""
         ids, mask = self.tokenizer(texts)
-        (states,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        with self.gate:
+            (states,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
         return states, mask
 
     def condition(
@@ -209,7 +214,9 @@ class Engine:
             zeros = np.zeros((batch, d.num_heads, 1, d.head_dim), np.float32)
             return Conditioning([zeros] * (2 * d.num_layers), np.zeros((batch, 1), np.int64), True)
         states, mask = self.encode_text(texts)
-        return Conditioning(self.cross_kv.run(None, {"encoder_hidden_states": states}), mask, False)
+        with self.gate:
+            cross_kv = self.cross_kv.run(None, {"encoder_hidden_states": states})
+        return Conditioning(cross_kv, mask, False)
 
     def encode_audio(self, audio: np.ndarray) -> np.ndarray:
         """Audio [B, channels, L] at the model's rate -> codes [B, K, ceil(L / hop)] (channels interleaved)."""
@@ -224,7 +231,8 @@ class Engine:
             self._codec_encoder = self._open(spec.file)
         batch, channels, length = audio.shape
         mono = np.ascontiguousarray(audio.transpose(1, 0, 2).reshape(channels * batch, 1, length), np.float32)
-        (codes,) = self._codec_encoder.run(None, {"audio_values": mono})
+        with self.gate:
+            (codes,) = self._codec_encoder.run(None, {"audio_values": mono})
         per_channel = codes.reshape(channels, batch, codes.shape[1], codes.shape[2])
         out = np.empty((batch, channels * codes.shape[1], codes.shape[2]), dtype=np.int64)
         for c in range(channels):
@@ -243,7 +251,8 @@ class Engine:
         audio = np.empty((batch, len(parts), self.manifest.audio.hop_length * frames), np.float32)
         for c, part in enumerate(parts):
             for b in range(batch):
-                (out,) = self.codec_decoder.run(None, {"audio_codes": np.ascontiguousarray(part[b : b + 1])})
+                with self.gate:  # per call: the decoder loop can step between a clip's channels
+                    (out,) = self.codec_decoder.run(None, {"audio_codes": np.ascontiguousarray(part[b : b + 1])})
                 audio[b, c] = out[0, 0]
         return audio
 
@@ -281,7 +290,8 @@ class Engine:
         state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.channels)
         if isinstance(conditioning, MelodyCondition):  # this window's prefix (the melody slice moves)
             runner = MelodyDecoderRunner(self.decoder, self.manifest, self.device)
-            prefix, valid = conditioning.prefix(window_start * self.manifest.audio.hop_length, cfg)
+            with self.gate:
+                prefix, valid = conditioning.prefix(window_start * self.manifest.audio.hop_length, cfg)
             runner.start(prefix, valid, max_length=1 + prompt_len + steps)
         else:
             cross_kv, text_mask = conditioning.with_cfg() if cfg else (conditioning.cross_kv, conditioning.text_mask)
@@ -297,9 +307,11 @@ class Engine:
             while True:
                 t0 = time.perf_counter()
                 if sampler is not None:
-                    tokens = sampler.sample(runner.run(feed), rng)
+                    with self.gate:
+                        tokens = sampler.sample(runner.run(feed), rng)
                 else:
-                    logits = runner.step(feed)
+                    with self.gate:
+                        logits = runner.step(feed)
                     scores = process_logits(
                         logits.reshape(-1, logits.shape[-1]),
                         guidance_scale=options.guidance_scale if cfg else None,

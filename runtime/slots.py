@@ -8,9 +8,9 @@ that joined at different times share one step (docs/design.md §17).
 Two buffer layouts:
 
 * compact (CPU): the buffers are numpy arrays that onnxruntime reads and writes in place (a CPU OrtValue
-  made from a numpy array shares its memory). A step runs only rows [0, 2 x (highest busy slot + 1)): the
-  bindings are views of leading rows. A multi-token prefill (audio prompt, the prompt of a long-form window)
-  runs on the slot's two rows alone, through views of those rows.
+  made from a numpy array shares its memory). A step runs only the busy range of rows, [2 x lowest busy slot,
+  2 x (highest busy slot + 1)): the bindings are contiguous views of those rows. A multi-token prefill (audio
+  prompt, the prompt of a long-form window) runs on the slot's two rows alone, through views of those rows.
 * full (CUDA, and CUDA graphs): device buffers that never move, every step runs all rows with the buffer
   length as ``total_sequence_length``, so the step can be captured once and replayed. Views of device memory
   are not available from Python, so prompts are fed as forced tokens, one column per step.
@@ -124,8 +124,8 @@ class SlotDecoder:
             self._upload_text()
 
     # ---- running ---------------------------------------------------------------------------------
-    def _binding(self, rows: int) -> ort.IOBinding:
-        binding = self._bindings.get(rows)
+    def _binding(self, first: int, rows: int) -> ort.IOBinding:
+        binding = self._bindings.get((first, rows))
         if binding is not None:
             return binding
         binding = self.session.io_binding()
@@ -148,10 +148,11 @@ class SlotDecoder:
             self._logits_value = self._device(self.logits.shape, self.dtype)
             binding.bind_ortvalue_output("logits", self._logits_value)
         else:
-            self._bind_rows(binding, slice(0, rows), _ortvalue(self.ids[:rows]), _ortvalue(self.positions[:rows]))
+            ids, positions = _ortvalue(self.ids[first:rows]), _ortvalue(self.positions[first:rows])
+            self._bind_rows(binding, slice(first, rows), ids, positions)
             binding.bind_ortvalue_input("total_sequence_length", _ortvalue(self._total))
-            binding.bind_ortvalue_output("logits", _ortvalue(self.logits[:rows]))
-        self._bindings[rows] = binding
+            binding.bind_ortvalue_output("logits", _ortvalue(self.logits[first:rows]))
+        self._bindings[(first, rows)] = binding
         return binding
 
     def _bind_rows(self, binding: ort.IOBinding, rows: slice, ids: ort.OrtValue, positions: ort.OrtValue) -> None:
@@ -165,22 +166,27 @@ class SlotDecoder:
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
 
-    def step(self, rows: int) -> np.ndarray:
-        """One single-token step of rows [0, rows) with ``ids`` and ``positions`` as filled by the caller;
-        returns logits [rows, K, vocab] float32 (a view until the next step in the compact layout)."""
+    def step(self, rows: int, first: int = 0) -> np.ndarray:
+        """One single-token step of rows [first, rows) with ``ids`` and ``positions`` as filled by the caller;
+        returns logits [rows - first, K, vocab] float32 (a view until the next step in the compact layout).
+
+        The compact layout runs only those rows (contiguous views), so busy slots at the end or in the middle do
+        not pay for idle ones below them; the full layout always runs every row (``first`` is then 0)."""
         if self.full_rows:
-            rows = self.rows
-        if int(self.positions[:rows].max()) >= self.length:
+            first, rows = 0, self.rows
+        if not 0 <= first < rows <= self.rows or first % 2:
+            raise ValueError(f"rows [{first}, {rows}) are not whole slots of the {self.rows} rows")
+        if int(self.positions[first:rows].max()) >= self.length:
             raise ValueError(f"a row reached position {int(self.positions.max())}; the cache holds {self.length}")
-        binding = self._binding(rows)
+        binding = self._binding(first, rows)
         if self.full_rows:
             self._step_values[0].update_inplace(self.ids)
             self._step_values[1].update_inplace(self.positions)
             self.session.run_with_iobinding(binding, self._run_options)
             return self._logits_value.numpy().astype(np.float32, copy=False)
-        self._total[...] = int(self.positions[:rows].max()) + 1
+        self._total[...] = int(self.positions[first:rows].max()) + 1
         self.session.run_with_iobinding(binding)
-        return self.logits[:rows].astype(np.float32, copy=False)
+        return self.logits[first:rows].astype(np.float32, copy=False)
 
     def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
         """Feed ``ids`` [2, K, S] (the slot's two rows) at positions 0..S-1 of ``slot`` alone (compact layout);

@@ -134,6 +134,32 @@ def test_row_logits_in_a_mixed_batch_equal_the_row_alone(stereo):
         np.testing.assert_allclose(mixed, alone, atol=1e-4, rtol=0)
 
 
+def test_a_step_over_the_busy_rows_only_equals_the_step_over_all(stereo):
+    """Stepping rows [4, 6) alone (slots 0 and 1 idle) gives slot 2 the logits it gets in a step over rows [0, 6)."""
+    engine = stereo.engine
+    d = engine.manifest.decoder
+    tokens = np.random.default_rng(1).integers(0, d.vocab_size, (12, d.num_codebooks))
+    cond = engine.condition([TEXTS[1]], 1)
+
+    def run(first: int) -> list[np.ndarray]:
+        dec = SlotDecoder(engine.decoder, engine.manifest, slots=3, length=32)
+        for slot in range(3):
+            dec.set_text(slot, [kv[0] for kv in cond.cross_kv], cond.text_mask[0])
+        out = []
+        for t, column in enumerate(tokens):
+            dec.ids[:] = d.pad_token_id
+            dec.positions[:] = 0
+            dec.ids[4:6, :, 0] = column
+            dec.positions[4:6] = t
+            out.append(dec.step(6, first)[4 - first : 6 - first].copy())
+        return out
+
+    for busy_only, all_rows in zip(run(4), run(0), strict=True):
+        np.testing.assert_allclose(busy_only, all_rows, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="whole slots"):
+        SlotDecoder(engine.decoder, engine.manifest, slots=3, length=32).step(6, 3)
+
+
 def test_full_rows_layout_equals_compact(exported_stereo):
     """The CUDA layout (every row every step, prompts as forced tokens), run on the CPU."""
     model = MusicGen.load(exported_stereo, provider="cpu")
