@@ -195,7 +195,7 @@ def chunk_frames(frame_rate: int, chunk_seconds: float) -> int:
 
 
 class CodeSource(Protocol):
-    """What streaming reads while codes are generated: a ``job.CodeGenerator`` or a ``batching.RequestHandle``."""
+    """What streaming reads while codes are generated: a ``job.CodeGenerator`` or a ``requests.RequestHandle``."""
 
     buffer: np.ndarray  # [B, K, total frames]; frames [0, frames_ready) are final
     frames_ready: int

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .batching import RequestHandle, follow
 from .engine import Engine
 from .job import CodeGenerator, GenerationRequest
 from .options import SamplingOptions
 from .plan import GenerationPlan, Window
+from .requests import RequestHandle, follow
 from .streaming import AudioStream, chunk_frames, decode_long, stream_chunks
 
 __all__ = ["GenerationResult", "ProgressCallback", "Submission"]
