@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from .config import ServeConfig
-from .http import error_response, generations, guarded
+from .http import generations, guarded
 from .playground import page
 from .service import MusicGenService, ServiceError
 
@@ -69,13 +69,12 @@ class MusicGenServer:
     @api.post("/debug/stall")
     async def stall(self, seconds: float = 60.0) -> Response:
         """Fault drill (``fault_injection`` only): hold the decoder loop so the watchdog must replace us."""
-        try:
+
+        async def drill() -> Response:
             self.service.stall(seconds)
-        except ValueError as exc:
-            return error_response(422, str(exc), "invalid_request_error")
-        except ServiceError as exc:
-            return error_response(exc.status, exc.message, exc.kind)
-        return JSONResponse({"stalled_for_s": seconds})
+            return JSONResponse({"stalled_for_s": seconds})
+
+        return await guarded(drill)
 
     def check_health(self) -> None:
         """Ray calls this every ``health_check_period_s``; raising marks the replica unhealthy."""

@@ -250,7 +250,10 @@ class MusicGenService:
         """Fault drill: hold the decoder loop (only with ``fault_injection``)."""
         if not self.config.fault_injection or self.model.batcher is None:
             raise ServiceError(404, "not found", "not_found")
-        self.model.batcher.suspend(seconds)
+        try:
+            self.model.batcher.suspend(seconds)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
 
     # ---- shutdown ------------------------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:

@@ -245,6 +245,8 @@ def test_a_killed_replica_is_replaced(faults_app):
 
 def test_a_stalled_loop_is_replaced(faults_app):
     pid = requests.get(f"{faults_app}/healthz", timeout=TIMEOUT).json()["pid"]
+    r = requests.post(f"{faults_app}/debug/stall", params={"seconds": -1}, timeout=TIMEOUT)
+    assert r.status_code == 422 and "seconds must be a number in [0, 3600]" in r.json()["error"]["message"]
     r = requests.post(f"{faults_app}/debug/stall", params={"seconds": 600}, timeout=TIMEOUT)
     assert r.status_code == 200
     stuck = threading.Thread(target=lambda: _swallow(post, faults_app, {"input": "waits", "duration": 1.0}))
