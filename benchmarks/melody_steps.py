@@ -2,7 +2,8 @@
 
 Generates ``--seconds`` of audio conditioned on a synthetic 10 s tune and prints load time, prefix (chroma +
 prefix graph + text encoder) time, prefill time, ms/step (mean, median, last 50 steps) and the process's peak
-RSS. Absolute numbers depend on the machine's state (DESIGN.md §8): quote them with a side-by-side reference.
+RSS. Absolute numbers depend on what else the machine is running (benchmarks/README.md): quote them with a
+side-by-side reference.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ positions (the positions it would have without padding). ``seqlens_k`` [B] int32
 last input column (past + P + S - 1, all rows alike); GroupQueryAttention adds the causal mask itself.
 
 The sinusoid table is longer than ``max_position_embeddings``: transformers extends its table on demand,
-and a full window needs chroma_length + text length + max_length positions (DESIGN.md §7).
+and a full window needs chroma_length + text length + max_length positions (docs/design.md §18).
 """
 
 from __future__ import annotations

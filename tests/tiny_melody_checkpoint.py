@@ -3,7 +3,7 @@
 Same tiny T5 and EnCodec as ``tiny_checkpoint``; the decoder is a ``MusicgenMelodyForCausalLM`` (no
 cross-attention: text and chroma are a prefix) with 4 (mono) or 8 (stereo) codebooks, and ``chroma_length`` is
 shrunk (default 24 chroma frames instead of 235) so the prefix stays short. The lm_heads are scaled x8 as in
-``tiny_checkpoint`` (greedy argmax must not be a near-tie, DESIGN.md §3).
+``tiny_checkpoint`` (greedy argmax must not be a near-tie, docs/design.md §16).
 
 Usage: ``python tests/tiny_melody_checkpoint.py OUT_DIR [--mono] [--seed N]``;
 or import ``build_tiny_melody_checkpoint``.
