@@ -118,3 +118,13 @@ def test_generate_stream_with_window_and_chunk_flags(exported_mono, tmp_path, ca
     assert main(bad) == 2
     assert "chunk_seconds must be at least one frame" in capsys.readouterr().err
     assert not (tmp_path / "bad.wav").exists()
+
+
+def test_progress_bar_counts_frames(exported_mono, tmp_path, capsys, monkeypatch):
+    """The bar reports audio frames and frames per second (it once labelled frames/s as "steps/s")."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    out = tmp_path / "bar.wav"
+    assert main(["generate", str(exported_mono), "x", "-o", str(out), "--duration", "0.3"]) == 0
+    last = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "15/15 frames" in last and last.endswith("frames/s"), last  # 0.3 s at 50 frames/s
+    assert "steps" not in last
