@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .engine import Engine
+from .engine import CODEC_CALL_FRAMES, Engine
 from .plan import GenerationPlan
 
 __all__ = [
@@ -40,9 +40,9 @@ __all__ = [
 RIGHT_CONTEXT_FRAMES = 5
 LEFT_CONTEXT_FRAMES = 32
 CROSSFADE_FRAMES = 8
-#: Longer code sequences are decoded in overlapping pieces of this many frames (30 s), the same way streaming
-#: does, so a 10-minute clip does not need tens of GB of EnCodec activations at once.
-ONE_SHOT_DECODE_FRAMES = 1500
+#: Longer code sequences are decoded in overlapping pieces of this many frames (30 s, the frames one EnCodec call
+#: may hold), the same way streaming does, so a 10-minute clip does not need tens of GB of activations at once.
+ONE_SHOT_DECODE_FRAMES = CODEC_CALL_FRAMES
 
 
 @dataclass

@@ -97,6 +97,36 @@ def test_decode_long_matches_one_shot(live_stereo):
     check_snr(live_stereo.decode_codes(codes), decode_long(live_stereo.engine, codes), "decode_long vs one-shot, 75 s")
 
 
+class _RecordingSession:
+    """The engine's EnCodec session, recording the shape of every call."""
+
+    def __init__(self, session) -> None:
+        self.session, self.shapes = session, []
+
+    def run(self, names, feeds):
+        self.shapes.append(feeds["audio_codes"].shape)
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize(("batch", "frames", "calls"), [(1, 20, [2]), (2, 20, [4]), (2, 900, [1, 1, 1, 1])])
+def test_codec_calls_batch_sequences_within_the_frame_budget(exported_stereo, monkeypatch, batch, frames, calls):
+    """Clips x channels share EnCodec calls up to CODEC_CALL_FRAMES in all, and the audio is the same as
+    decoding every (clip, channel) alone: the batch only saves time."""
+    from musicgen_onnx.runtime.engine import CODEC_CALL_FRAMES
+
+    model = MusicGen.load(exported_stereo, provider="cpu")
+    codes = np.random.default_rng(frames).integers(0, 2048, (batch, 8, frames))
+    recorder = _RecordingSession(model.engine.codec_decoder)
+    monkeypatch.setattr(model.engine, "codec_decoder", recorder)
+    audio = model.decode_codes(codes)
+    assert [shape[0] for shape in recorder.shapes] == calls
+    assert all(shape[0] * shape[2] <= max(CODEC_CALL_FRAMES, frames) for shape in recorder.shapes)
+    for b in range(batch):
+        for c in range(2):
+            (alone,) = recorder.session.run(None, {"audio_codes": np.ascontiguousarray(codes[b : b + 1, c::2])})
+            np.testing.assert_allclose(audio[b, c], alone[0, 0], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_stream_decoder_any_increments(live_stereo, seed):
     rng = np.random.default_rng(seed)
