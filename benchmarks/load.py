@@ -207,7 +207,10 @@ def summarise(mode: str, requests: list[Request], wall: float, sampling_rate: in
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
     """Throughput per mode, and each request's latency and time to first audio against its duration."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit("--plot needs matplotlib: pip install 'musicgen-onnx[bench]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -297,16 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['mode']} | {r['throughput']:.2f} | {r['latency_p50']:.1f} | {r['latency_p95']:.1f} | "
             f"{r['ttfa_p50']:.1f} | {r['ttfa_p95']:.1f} | {r['wall_s']:.1f} |"
         )
+    # the record first: a plotting failure (matplotlib missing) must not lose minutes of measurements
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.out.write_text(json.dumps({"settings": settings, "modes": rows}, indent=1) + "\n")
     if args.plot:
         plot(
             rows,
             f"{args.export_dir.name}: {args.requests} requests of {args.min_seconds:g}-{args.max_seconds:g} s, {load}",
             args.plot,
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        args.out.write_text(json.dumps({"settings": settings, "modes": rows}, indent=1) + "\n")
     return 0
 
 
