@@ -117,7 +117,10 @@ def _rolling_median(values: list[float], window: int) -> list[float]:
 
 def plot(record: dict[str, Any], path: Path) -> None:
     """Step latency vs past length: one line (rolling median, window 15) per system x batch, raw points faint."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit("the plot needs matplotlib: pip install 'musicgen-onnx[bench]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

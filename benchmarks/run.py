@@ -407,13 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     record["ratios"] = report.ratios(record["results"])
     record["total_wall_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    if record["results"]:
-        png = args.out / f"{name}.png"
-        report.plot(record, png)
+    png = args.out / f"{name}.png" if record["results"] else None
+    if png is not None:
         record["plot"] = png.name
     text = json.dumps(record, indent=1) + "\n"
     (args.out / f"{name}.json").write_text(text)
     (args.out / "latest.json").write_text(text)
+    if png is not None:  # after the record: a plotting failure must not lose the measurements
+        report.plot(record, png)
     log.info("wrote %s/%s.json, latest.json%s", args.out, name, f", {record.get('plot')}" if "plot" in record else "")
     if record["results"]:
         print(report.table(record))
