@@ -13,7 +13,8 @@ SHARED_SHEET = "DESIGN" + ".md"  # the shared sheet outside the repo, spelt so t
 SECTION = re.compile(r"^## (\d+)\. ", re.MULTILINE)
 
 
-def _tracked_text_files() -> list[Path]:
+def _tracked_lines():
+    """(path, line number, line) of every tracked text file."""
     names = subprocess.run(
         ["git", "ls-files", "*.py", "*.md", "*.toml", "*.js", "*.html", "*.yaml", ".ci/run"],
         cwd=ROOT,
@@ -21,31 +22,34 @@ def _tracked_text_files() -> list[Path]:
         text=True,
         check=True,
     ).stdout.split()
-    return [ROOT / name for name in names if (ROOT / name).is_file()]
+    for name in names:
+        path = ROOT / name
+        if path.is_file():
+            for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                yield path.relative_to(ROOT), lineno, line
+
+
+def _sections() -> set[int]:
+    return {int(n) for n in SECTION.findall(DESIGN.read_text())}
 
 
 def test_design_document_exists_with_numbered_sections():
-    sections = {int(n) for n in SECTION.findall(DESIGN.read_text())}
+    sections = _sections()
     assert sections and sections == set(range(1, max(sections) + 1)), sorted(sections)
 
 
 def test_no_citation_points_outside_the_repository():
-    offenders = [
-        f"{path.relative_to(ROOT)}:{lineno}"
-        for path in _tracked_text_files()
-        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
-        if SHARED_SHEET in line
-    ]
+    offenders = [f"{path}:{lineno}" for path, lineno, line in _tracked_lines() if SHARED_SHEET in line]
     assert not offenders, f"cite docs/design.md, not {SHARED_SHEET}: {offenders}"
 
 
 def test_every_design_citation_names_an_existing_section():
-    sections = {int(n) for n in SECTION.findall(DESIGN.read_text())}
-    bad = []
-    for path in _tracked_text_files():
-        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            for match in re.finditer(r"design(?:\.md)? ((?:§\s*\d+(?:,\s*|\s+and\s+)?)+)", line):
-                for number in re.findall(r"§\s*(\d+)", match.group(1)):
-                    if int(number) not in sections:
-                        bad.append(f"{path.relative_to(ROOT)}:{lineno} cites §{number}")
+    sections = _sections()
+    bad = [
+        f"{path}:{lineno} cites §{number}"
+        for path, lineno, line in _tracked_lines()
+        for match in re.finditer(r"design(?:\.md)? ((?:§\s*\d+(?:,\s*|\s+and\s+)?)+)", line)
+        for number in re.findall(r"§\s*(\d+)", match.group(1))
+        if int(number) not in sections
+    ]
     assert not bad, bad

@@ -9,6 +9,7 @@ runtime against it in a subprocess, so the main environment keeps its CPU onnxru
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,8 +59,6 @@ def ort_gpu_site(tmp_path_factory) -> Path:
 
 
 def test_real_onnxruntime_gpu_without_cuda(exported_stereo, ort_gpu_site, tmp_path):
-    import json
-
     script = tmp_path / "check.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ort_gpu_site), os.environ.get("PYTHONPATH", "")]))
