@@ -131,6 +131,8 @@ def hf_melody_reference(model, input_ids, prefix, past: list):
     import torch
     from transformers.cache_utils import DynamicCache
 
+    from .validate import cache_kwargs
+
     cache = DynamicCache()
     for i in range(len(past) // 2):
         if past[2 * i].shape[2] > 0:
@@ -140,8 +142,8 @@ def hf_melody_reference(model, input_ids, prefix, past: list):
         out = model.decoder(
             input_ids=input_ids.reshape(batch * codebooks, seq_len),
             encoder_hidden_states=prefix if prefix.shape[1] else None,
-            cache=cache,
             use_cache=True,
+            **cache_kwargs(model.decoder, cache),
         )
     logits = out.logits.reshape(batch, codebooks, out.logits.shape[-2], -1)[:, :, -1]
     presents = []

@@ -20,6 +20,17 @@ logger = logging.getLogger("musicgen_onnx")
 FP32_TOLERANCE = 1e-4
 
 
+def cache_kwargs(module, cache) -> dict:
+    """The keyword a transformers decoder takes its KV cache under.
+
+    transformers 5.0-5.17 call it ``past_key_values``, later releases ``cache``; an unknown keyword is
+    swallowed by ``**kwargs`` and the decoder would silently build its own cache, so ask the signature."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 class ValidationError(RuntimeError):
     """An exported graph disagrees with PyTorch beyond the stated tolerance."""
 
@@ -86,8 +97,8 @@ def hf_decoder_reference(model, input_ids, encoder_attention_mask, cross: list, 
             input_ids=input_ids.reshape(batch * codebooks, seq_len),
             encoder_hidden_states=torch.zeros(batch, text_len, hidden),
             encoder_attention_mask=encoder_attention_mask,
-            cache=cache,
             use_cache=True,
+            **cache_kwargs(decoder, cache),
         )
     logits = out.logits.reshape(batch, codebooks, seq_len, -1)[:, :, -1]
     presents = []
