@@ -23,6 +23,7 @@ from .generation import DelayPatternState, build_delay_pattern, process_logits, 
 from .job import GenerationRequest
 from .plan import Window
 from .requests import QueueFullError, RequestCancelledError, RequestHandle, follow
+from .rows import row_random
 from .sampler import GraphSampler
 from .slots import SlotDecoder
 
@@ -38,7 +39,7 @@ class _Run:
     def __init__(self, handle: RequestHandle, slots: list[int], engine: Engine) -> None:
         self.handle = handle
         self.slots = slots
-        self.rng = np.random.default_rng(handle.request.seed)
+        self.rng = row_random(handle.request.seed, handle.request.rows)
         self.options = handle.request.options
         self.cfg = not handle.conditioning.unconditional and self.options.guidance_scale > 1
         self.windows = list(handle.request.plan.windows)

@@ -15,6 +15,7 @@ import numpy as np
 from .engine import Engine
 from .options import SamplingOptions
 from .plan import GenerationPlan
+from .rows import RowSlice, row_random
 
 __all__ = ["CodeGenerator", "GenerationRequest"]
 
@@ -33,6 +34,8 @@ class GenerationRequest:
     prompt_audio: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: melody checkpoints: one mono clip per row (or one for all) at the model's rate
     melody: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: a part of a larger call (``waves``): the rows it holds, which pick its share of the call's random stream
+    rows: RowSlice | None = None
 
 
 class CodeGenerator:
@@ -48,7 +51,7 @@ class CodeGenerator:
         self.engine = engine
         self.request = request
         self.plan = plan = request.plan
-        self.rng = np.random.default_rng(request.seed)
+        self.rng = row_random(request.seed, request.rows)
         batch = request.batch
         d = engine.manifest.decoder
         self.buffer = np.full((batch, d.num_codebooks, plan.total_frames), d.pad_token_id, dtype=np.int64)
