@@ -21,6 +21,8 @@ import onnxruntime as ort
 from .engine import Engine
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens
 from .job import GenerationRequest
+from .melody import MelodyCondition
+from .melody_slots import MelodySlotDecoder, prefix_budget
 from .plan import Window
 from .requests import QueueFullError, RequestCancelledError, RequestHandle, follow
 from .rows import row_random
@@ -83,15 +85,22 @@ class BatchEngine:
         # one window of max_seconds: start column + frames + (C - 1) delay columns
         self.cache_length = min(m.decoder.max_positions, int(np.floor(max_seconds * fr + 1e-6)) + c)
         self.full_rows = engine.fixed_buffers if full_rows is None else full_rows
-        self.decoder = SlotDecoder(
-            engine.decoder,
-            m,
-            max_batch,
-            self.cache_length,
-            engine.device,
-            self.full_rows,
-            graph_id=1 if engine.cuda_graph else -1,
-        )
+        self.melody = m.conditioning == "prefix"
+        if self.melody:  # each slot's cache holds its conditioning prefix before the window (docs/design.md §18)
+            if self.full_rows:
+                raise ValueError("melody exports batch in the compact CPU layout only (their prefix is not tokens)")
+            length = self.cache_length + prefix_budget(m)
+            self.decoder = MelodySlotDecoder(engine.decoder, m, max_batch, length, engine.device)
+        else:
+            self.decoder = SlotDecoder(
+                engine.decoder,
+                m,
+                max_batch,
+                self.cache_length,
+                engine.device,
+                self.full_rows,
+                graph_id=1 if engine.cuda_graph else -1,
+            )
         self._lock = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
         self._runs: list[_Run] = []
@@ -115,7 +124,12 @@ class BatchEngine:
         engine = self.engine
         prompt_codes = None if request.prompt_audio is None else engine.encode_audio(request.prompt_audio)
         audio_encode = time.perf_counter() - t0
-        conditioning = engine.condition(request.texts, request.batch)
+        conditioning = engine.condition(request.texts, request.batch, request.melody)
+        if isinstance(conditioning, MelodyCondition):  # every window's prefix now, not in the engine thread
+            hop = engine.manifest.audio.hop_length
+            cfg = not conditioning.unconditional and request.options.guidance_scale > 1
+            with engine.gate:
+                conditioning.prepare_windows([w.start * hop for w in request.plan.windows], cfg)
         d = engine.manifest.decoder
         handle = RequestHandle(request, conditioning, prompt_codes, d.num_codebooks, d.pad_token_id)
         handle.timings = {"audio_encode": audio_encode, "text_encode": time.perf_counter() - t0 - audio_encode}
@@ -223,7 +237,7 @@ class BatchEngine:
             self._free.sort()
             slots, self._free = self._free[: handle.request.batch], self._free[handle.request.batch :]
             run = _Run(handle, slots, self.engine)
-            for b, slot in enumerate(slots):
+            for b, slot in enumerate(slots if not self.melody else ()):  # melody: the prefix comes with the prefill
                 cond = handle.conditioning
                 self.decoder.set_text(slot, [kv[b] for kv in cond.cross_kv], cond.text_mask[b])
             handle._update(started=time.perf_counter())
@@ -256,11 +270,16 @@ class BatchEngine:
         run.state = DelayPatternState(ids, pattern, pad_token_id=d.pad_token_id, channels=self.engine.channels)
         run.prefill = run.state.prefill_ids()
         start_len = run.prefill.shape[-1]
-        if start_len > 1 and not self.full_rows:
+        if (start_len > 1 or self.melody) and not self.full_rows:
             t0 = time.perf_counter()
             pairs = [np.repeat(run.prefill[b : b + 1], 2, axis=0) for b in range(len(run.slots))]
+            if self.melody:  # the window's prefix (its melody slice) before its columns
+                prefixes = handle.conditioning.window_prefixes(w.start * self.engine.manifest.audio.hop_length)
+                pairs = [(pair, prefix) for pair, prefix in zip(pairs, prefixes, strict=True)]
+            else:
+                pairs = [(pair,) for pair in pairs]
             with self.engine.gate:
-                logits = [self.decoder.prefill(slot, pair) for slot, pair in zip(run.slots, pairs, strict=True)]
+                logits = [self.decoder.prefill(slot, *args) for slot, args in zip(run.slots, pairs, strict=True)]
             run.fed = start_len
             self._sample(run, np.stack(logits))
             handle.prefill_times.append(time.perf_counter() - t0)

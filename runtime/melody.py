@@ -152,6 +152,7 @@ class MelodyCondition:
         null = np.zeros((spec.chroma_length, spec.num_chroma), np.float32)
         null[:, 0] = 1.0
         self._null = null
+        self._windows: dict[int, list[np.ndarray]] = {}  # slot prefixes per window start (batching engine)
 
     def chroma(self, clip: np.ndarray) -> np.ndarray:
         """One-hot chroma of one clip, repeated to chroma_length frames."""
@@ -184,6 +185,27 @@ class MelodyCondition:
         cols = np.arange(prefix.shape[1])
         valid = cols[None, :] < (s.chroma_length + lengths)[:, None]
         return prefix, valid
+
+    def slot_prefixes(self, start_sample: int, cfg: bool) -> list[np.ndarray]:
+        """Per prompt, the prefix of its batching slot's two rows (conditional, unconditional; without CFG the
+        second row repeats the first), [2, P_b, H], trimmed to the prompt's own length: padding is only ever at
+        the end of a row's prefix, so the trimmed rows hold what the prompt holds alone."""
+        prefix, valid = self.prefix(start_sample, cfg)
+        lengths = valid.sum(axis=1)
+        out = []
+        for b in range(self.batch):
+            p = int(lengths[b])
+            second = prefix[self.batch + b, :p] if cfg else prefix[b, :p]
+            out.append(np.stack([prefix[b, :p], second]))
+        return out
+
+    def prepare_windows(self, start_samples: list[int], cfg: bool) -> None:
+        """Compute every window's slot prefixes now (the submitting thread), so the engine thread only feeds them."""
+        self._windows = {start: self.slot_prefixes(start, cfg) for start in start_samples}
+
+    def window_prefixes(self, start_sample: int) -> list[np.ndarray]:
+        """The slot prefixes ``prepare_windows`` made for the window starting at ``start_sample`` (released)."""
+        return self._windows.pop(start_sample)
 
 
 class MelodyDecoderRunner:

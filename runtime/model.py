@@ -89,8 +89,11 @@ class MusicGen:
             allow_spinning=allow_spinning,
             fixed_buffers=fixed_buffers,
         )
-        batcher = None  # concat caches and melody checkpoints' prefix decoders run one request at a time
-        if engine.manifest.decoder.kv_cache == "static" and engine.manifest.conditioning != "prefix":
+        # concat caches, and melody checkpoints on fixed buffers (CUDA: a prefix is not token columns), run one
+        # request at a time
+        batcher = None
+        melody_alone = engine.manifest.conditioning == "prefix" and engine.fixed_buffers
+        if engine.manifest.decoder.kv_cache == "static" and not melody_alone:
             if max_seconds is None:
                 max_seconds = resolve_window(engine.manifest, None, None)[0] / engine.manifest.audio.frame_rate
             batcher = BatchEngine(engine, max_batch=max_batch, max_seconds=max_seconds, max_queued=max_queued)
