@@ -105,6 +105,7 @@ class BatchEngine:
         self._pending: deque[RequestHandle] = deque()
         self._runs: list[_Run] = []
         self._free = list(range(max_batch))
+        self._callers = 0  # submit_all calls so far: the parts of one call share a number
         self._closed = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoder steps run (for tests and monitoring)
@@ -117,9 +118,41 @@ class BatchEngine:
 
         Accepted when it can start at the next step (enough free slots) or fewer than ``max_queued``
         requests are waiting; otherwise ``QueueFullError``, before any work is done."""
-        self._check_fits(request)
+        return self.submit_all([request])[0]
+
+    def submit_all(self, requests: list[GenerationRequest]) -> list[RequestHandle]:
+        """Queue the parts of one caller's call together (``waves.split_request``), in order; each starts as
+        soon as its rows fit in the free slots.
+
+        The queue bound counts callers, not parts: the call is accepted when its first ``max_batch`` rows could
+        start now or fewer than ``max_queued`` other requests are waiting, and then counts as one waiting request
+        however many of its rows wait. All or none of the parts are queued. The parts share one condition variable
+        and one list of step times (a ``waves.RequestGroup`` follows them as one request)."""
+        for request in requests:
+            self._check_fits(request)
+        first = min(sum(r.batch for r in requests), self.max_batch)
         with self._lock:
-            self._check_room(request)
+            self._check_room(first)
+        changed = threading.Condition()
+        handles = [self._prepare(request, changed) for request in requests]
+        for handle in handles[1:]:
+            handle.step_times, handle.prefill_times = handles[0].step_times, handles[0].prefill_times
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the batching engine is closed")
+            self._check_room(first)
+            self._callers += 1
+            for handle in handles:
+                handle.caller = self._callers
+            self._pending.extend(handles)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="musicgen-onnx-engine", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+        return handles
+
+    def _prepare(self, request: GenerationRequest, changed: threading.Condition) -> RequestHandle:
+        """The handle of ``request``, conditioned (text encoder, audio prompt) in the calling thread."""
         t0 = time.perf_counter()
         engine = self.engine
         prompt_codes = None if request.prompt_audio is None else engine.encode_audio(request.prompt_audio)
@@ -131,34 +164,32 @@ class BatchEngine:
             with engine.gate:
                 conditioning.prepare_windows([w.start * hop for w in request.plan.windows], cfg)
         d = engine.manifest.decoder
-        handle = RequestHandle(request, conditioning, prompt_codes, d.num_codebooks, d.pad_token_id)
+        handle = RequestHandle(request, conditioning, prompt_codes, d.num_codebooks, d.pad_token_id, changed)
         handle.timings = {"audio_encode": audio_encode, "text_encode": time.perf_counter() - t0 - audio_encode}
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the batching engine is closed")
-            self._check_room(request)
-            self._pending.append(handle)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="musicgen-onnx-engine", daemon=True)
-                self._thread.start()
-            self._lock.notify_all()
         return handle
 
-    def _check_room(self, request: GenerationRequest) -> None:
-        """Raise QueueFullError unless the request can start now or wait in the queue (holding the lock)."""
-        unreserved = len(self._free) - sum(h.request.batch for h in self._pending)
-        if unreserved >= request.batch or len(self._pending) < self.max_queued:
+    def _waiting(self) -> list[RequestHandle]:
+        """Parts accepted and not started, without those cancelled or stopped while waiting (holding the lock)."""
+        return [h for h in self._pending if not h.done]
+
+    def _check_room(self, rows: int) -> None:
+        """Raise QueueFullError unless ``rows`` prompts can start now or the caller may wait in the queue
+        (holding the lock); waiting requests are counted by caller (``submit_all``)."""
+        waiting = self._waiting()
+        unreserved = len(self._free) - sum(h.request.batch for h in waiting)
+        callers = len({h.caller for h in waiting})
+        if unreserved >= rows or callers < self.max_queued:
             return
         raise QueueFullError(
             f"the engine is full: {self.max_batch - len(self._free)} of max_batch={self.max_batch} slots busy and "
-            f"{len(self._pending)} requests waiting (max_queued={self.max_queued}); retry later"
+            f"{callers} requests waiting (max_queued={self.max_queued}); retry later"
         )
 
     def _check_fits(self, request: GenerationRequest) -> None:
         if request.batch > self.max_batch:
             raise ValueError(
                 f"the request has {request.batch} prompts but the model was loaded with max_batch={self.max_batch} "
-                "slots: send fewer prompts per request, or load with a larger max_batch"
+                "slots: split it into parts (MusicGen.submit does, see waves.split_request)"
             )
         for w in request.plan.windows:
             columns = 1 + w.prompt + w.steps
@@ -187,9 +218,9 @@ class BatchEngine:
 
     @property
     def queued(self) -> int:
-        """Requests accepted and waiting for free slots."""
+        """Requests accepted and waiting for free slots (a split call whose rows wait counts once)."""
         with self._lock:
-            return len(self._pending)
+            return len({h.caller for h in self._waiting()})
 
     def suspend(self, seconds: float) -> None:
         """Hold the step loop for ``seconds`` before its next step; requests keep their rows and wait.
@@ -230,6 +261,8 @@ class BatchEngine:
 
     def _admit(self) -> list[_Run]:
         admitted = []
+        if any(h.done for h in self._pending):  # cancelled or stopped while waiting: never start, reserve nothing
+            self._pending = deque(self._waiting())
         while self._pending and len(self._free) >= self._pending[0].request.batch:
             handle = self._pending.popleft()
             if handle.done:  # cancelled while waiting
@@ -313,8 +346,8 @@ class BatchEngine:
             per_slot = np.stack([logits[2 * s - first : 2 * s - first + 2] for s in run.slots])
             self._sample(run, per_slot)
         elapsed = time.perf_counter() - t0
-        for run in self._runs:
-            run.handle.step_times.append(elapsed)
+        for times in {id(r.handle.step_times): r.handle.step_times for r in self._runs}.values():
+            times.append(elapsed)  # once per step for the parts of one call, which share their list
         with self._lock:
             self._retire_ended()
 

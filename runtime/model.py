@@ -20,6 +20,7 @@ from .options import SamplingOptions, batch_size, check_seed, check_texts, resol
 from .plan import DEFAULT_DURATION_CAP, plan_generation, resolve_window
 from .streaming import AudioStream, chunk_frames
 from .submission import GenerationResult, ProgressCallback, Submission
+from .waves import RequestGroup, split_request, with_seed
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -237,14 +238,27 @@ class MusicGen:
         The request joins the model's decoder batch at the next step boundary, next to every other request
         in flight from any thread; ``Submission.result()`` waits for it, ``.stream()`` yields its audio as it
         is made, ``.cancel()`` frees its rows at the next step. Raises ``QueueFullError`` when ``max_queued``
-        requests are already waiting, and ValueError for a request that can never fit (more prompts than
-        ``max_batch``, a window longer than ``max_seconds``).
+        other requests are already waiting, and ValueError for a request that can never fit (a window longer
+        than ``max_seconds``).
+
+        Any number of prompts is accepted: rows beyond ``max_batch`` (or beyond the free slots) wait in the
+        engine's queue and start one by one as slots free, and the call counts as one request against
+        ``max_queued`` (``waves``). The seed belongs to the call: its rows draw from one random stream, so the
+        codes are the same however many slots the model was loaded with; a call split this way without a seed
+        gets a drawn one, reported in ``GenerationResult.seed``. Progress counts every row; stopping or
+        cancelling also drops the rows still waiting; a stream yields every row's audio at the pace of the
+        last rows to start.
         """
         return self._submit(self.request(texts, **kwargs))
 
     def _submit(self, request: GenerationRequest) -> Submission:
-        handle = None if self.batcher is None else self.batcher.submit(request)
-        return Submission(self.engine, request, handle)
+        if self.batcher is None:  # runs alone in result() / stream(), whatever its batch
+            return Submission(self.engine, request, None)
+        if request.batch <= self.batcher.max_batch:
+            return Submission(self.engine, request, self.batcher.submit(request))
+        request = with_seed(request)  # the parts share the call's random stream (rows.RowRandom)
+        parts = self.batcher.submit_all(split_request(request))
+        return Submission(self.engine, request, RequestGroup(request, parts))
 
     def resolve_options(
         self,

@@ -29,7 +29,16 @@ class RequestCancelledError(RuntimeError):
 class RequestHandle:
     """One submitted request: wait for its frames, take its codes, stop or cancel it. Thread-safe."""
 
-    def __init__(self, request: GenerationRequest, conditioning: Conditioning, prompt_codes, num_codebooks, pad):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        conditioning: Conditioning,
+        prompt_codes,
+        num_codebooks,
+        pad,
+        changed: threading.Condition | None = None,
+    ) -> None:
+        """``changed``: the condition variable to notify on every change (the parts of a split call share one)."""
         self.request = request
         self.conditioning = conditioning
         self.prompt_codes = prompt_codes
@@ -49,7 +58,8 @@ class RequestHandle:
         self.stopped = False  # stopped early on request: the codes made so far are the result
         self.cancelled = False
         self.error: BaseException | None = None
-        self._changed = threading.Condition()
+        self.caller = 0  # the submit_all call that queued it (the engine counts waiting requests by caller)
+        self._changed = threading.Condition() if changed is None else changed
 
     @property
     def plan(self) -> GenerationPlan:

@@ -2,8 +2,9 @@
 
 ``MusicGen.submit`` returns a ``Submission``; ``generate`` and ``stream`` are submit + ``result`` / ``stream``.
 With a static-cache export the request runs in the model's continuous-batching engine (``batching``), in
-the same decoder batch as every other request in flight; a concat-cache export runs it alone, in the
-calling thread, through ``job.CodeGenerator``.
+the same decoder batch as every other request in flight (a call with more prompts than the engine has slots as
+one-row parts that start as slots free, ``waves``); a concat-cache export runs it alone, in the calling thread,
+through ``job.CodeGenerator``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .options import SamplingOptions
 from .plan import GenerationPlan, Window
 from .requests import RequestHandle, follow
 from .streaming import AudioStream, chunk_frames, decode_long, stream_chunks
+from .waves import RequestGroup, follow_group
 
 __all__ = ["GenerationResult", "ProgressCallback", "Submission"]
 
@@ -45,9 +47,11 @@ class GenerationResult:
 
 class Submission:
     """One request in flight. ``result()`` waits for it; ``stream()`` yields its audio while it is generated;
-    ``cancel()`` frees its decoder rows at the next step (``result`` then raises ``RequestCancelledError``)."""
+    ``cancel()`` frees its decoder rows at the next step (``result`` then raises ``RequestCancelledError``).
+    ``handle`` is the engine's ``RequestHandle``, a ``RequestGroup`` for a call split into parts, or None
+    (concat-cache exports: the request runs in ``result`` / ``stream``)."""
 
-    def __init__(self, engine: Engine, request: GenerationRequest, handle: RequestHandle | None) -> None:
+    def __init__(self, engine: Engine, request: GenerationRequest, handle: RequestHandle | RequestGroup | None) -> None:
         self.engine = engine
         self.request = request
         self.handle = handle
@@ -56,7 +60,7 @@ class Submission:
 
     # ---- inspection (the batched handle or the job, whichever runs the request) ------------------------
     @property
-    def source(self) -> RequestHandle | CodeGenerator:
+    def source(self) -> RequestHandle | RequestGroup | CodeGenerator:
         return self.handle if self.handle is not None else self._job
 
     @property
@@ -79,6 +83,8 @@ class Submission:
 
     # ---- results -----------------------------------------------------------------------------------
     def _steps(self, progress: ProgressCallback | None) -> Iterator[int]:
+        if isinstance(self.handle, RequestGroup):
+            return follow_group(self.handle, progress)
         if self.handle is not None:
             return follow(self.handle, progress)
         return self._job.run(progress)
