@@ -169,3 +169,17 @@ def test_concat_cache_exports_take_more_prompts_than_slots(exported_stereo_conca
             np.testing.assert_array_equal(
                 codes[i], model.generate_detailed(TEXTS[i], duration=0.4, do_sample=False).codes[0]
             )
+
+
+def test_melody_models_split_their_rows_too(exported_melody_stereo):
+    from melody_helpers import tune
+    from musicgen_onnx.runtime.submission import Submission
+
+    spec = dict(melody=[tune(0.8 + 0.2 * i) for i in range(5)], duration=0.6, do_sample=True, top_k=50, seed=3)
+    with MusicGen.load(exported_melody_stereo, provider="cpu", max_batch=2) as model:
+        sub = model.submit(TEXTS[:5], **spec)
+        assert isinstance(sub.handle, RequestGroup) and len(sub.handle.parts) == 5
+        waves = sub.result().codes
+        request = model.request(TEXTS[:5], **spec)
+        whole = Submission(model.engine, request, None).result().codes  # the single-request loop: all rows at once
+    np.testing.assert_array_equal(waves, whole)
