@@ -97,6 +97,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         threads=spec["threads"],
         cuda_graph=spec.get("cuda_graph"),
         device_sampling=spec.get("device_sampling"),
+        max_batch=max(4, int(spec["batch"])),  # one request of `batch` prompts must fit the engine's slots
     )
     load_s = time.perf_counter() - t0
     rss_after_load = current_rss_bytes()
