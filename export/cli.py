@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from musicgen_onnx.runtime.manifest import KVCache
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -43,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kv-cache",
-        choices=("static", "concat"),
-        default="static",
-        help="static: preallocated in-place cache (default); concat: growing past/present tensors",
+        choices=[cache.value for cache in KVCache],
+        default=KVCache.STATIC.value,
+        help="static: preallocated in-place cache (default); static-int8: the same in int8 with calibrated "
+        "per-channel scales (CPU: a quarter of the bytes attention reads); concat: growing past/present tensors",
     )
     parser.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     parser.add_argument("-v", "--verbose", action="store_true", help="log validation details")

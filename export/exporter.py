@@ -16,13 +16,14 @@ from musicgen_onnx.runtime.manifest import (
     DecoderSpec,
     GenerationDefaults,
     GraphSpec,
+    KVCache,
     Manifest,
     TextSpec,
     check_start_token,
     sha256_file,
 )
 
-from . import onnx_io
+from . import kv_quant, onnx_io
 from .cuda_graph_check import check_cuda_graph
 from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
@@ -56,14 +57,14 @@ class GraphPlan:
     smoke: Callable | None = None  # (path, model, wrapper) for reduced precision; default: validate.smoke_test
 
 
-KV_CACHES = ("static", "concat")
+KV_CACHES = tuple(cache.value for cache in KVCache)
 
 
-def _decoder_plan(kv_cache: str) -> GraphPlan:
+def _decoder_plan(kv_cache: KVCache) -> GraphPlan:
     from musicgen_onnx.graphs import DecoderStep, decoder, decoder_static
     from musicgen_onnx.graphs.decoder_static import DecoderStaticStep
 
-    if kv_cache == "static":
+    if kv_cache.in_place:  # an int8 cache is the same graph, converted after validation (export.kv_quant)
         return GraphPlan(
             "decoder",
             "decoder.onnx",
@@ -133,7 +134,7 @@ def _plans(include_audio_encoder: bool, kv_cache: str, precision: str) -> list[G
                 cross_kv.dynamic_axes(w.num_layers),
             ),
         ),
-        _decoder_plan(kv_cache),
+        _decoder_plan(KVCache(kv_cache)),
         _sampler_plan(precision),
         GraphPlan(
             "encodec_decode",
@@ -169,7 +170,7 @@ def _cuda_graph_ready(path: Path, precision: str, kv_cache: str) -> bool:
     """Whether the runtime may capture this decoder as a CUDA graph (recorded in the manifest)."""
     import onnx
 
-    if kv_cache != "static":
+    if kv_cache is not KVCache.STATIC:
         return False
     report = check_cuda_graph(onnx.load(str(path), load_external_data=False))
     if not report.ok:
@@ -269,7 +270,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     revision: str | None = None,
     precision: str = "fp32",
-    kv_cache: str = "static",
+    kv_cache: KVCache | str = KVCache.STATIC,
 ) -> Manifest:
     """Export ``source`` (hub id or local dir) or ``random_weights`` (a released checkpoint's name).
 
@@ -282,8 +283,12 @@ def export_model(
     check_precision(precision)
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
-    if precision == "fp16" and kv_cache != "static":
-        raise ValueError("precision='fp16' needs kv_cache='static' (GroupQueryAttention keeps the fp16 cache in place)")
+    kv_cache = KVCache(kv_cache)
+    if precision == "fp16" and kv_cache is not KVCache.STATIC:
+        raise ValueError(
+            "precision='fp16' needs kv_cache='static' (GroupQueryAttention keeps the fp16 cache in place; the int8 "
+            "cache is for the CPU)"
+        )
     output_dir = Path(output_dir).expanduser().resolve()
     _prepare_target(output_dir, overwrite)
 
@@ -304,7 +309,7 @@ def export_model(
         logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
         plans = _plans(include_audio_encoder, kv_cache, precision)
         if is_melody_model(ckpt.model):
-            if kv_cache != "static":
+            if kv_cache is not KVCache.STATIC:
                 raise ValueError("melody checkpoints are exported with kv_cache='static' only (the prefix decoder)")
             plans = melody_plans(GraphPlan, plans, MAX_TEXT_TOKENS)
         graphs: dict[str, GraphSpec] = {}
@@ -324,15 +329,25 @@ def export_model(
                 opset=opset,
             )
             converts = precision_changes(plan.role, precision)
-            external = write_model(graph.copy() if converts else graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
+            kv_int8 = plan.role == "decoder" and kv_cache is KVCache.STATIC_INT8
+            external = write_model(
+                graph.copy() if converts or kv_int8 else graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES
+            )
             t1 = time.perf_counter()
             if validate:
                 validate_graph(plan.role, path, ckpt.model, wrapper, tolerance, plan.validator)
-            if converts:
-                external = write_model(
-                    convert_precision(plan.role, graph, precision), path, onnx_io.EXTERNAL_DATA_MIN_BYTES
-                )
+            if kv_int8:  # scales from the validated fp32 graph, before its file is replaced
+                calibration = kv_quant.calibrate(path, ckpt.model, ckpt.tokenizer)
+            if converts or kv_int8:
+                converted = convert_precision(plan.role, graph, precision) if converts else graph
+                if kv_int8:
+                    kv_quant.quantize_cache(converted, calibration.scales)
+                external = write_model(converted, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
+                del converted
                 (plan.smoke or smoke_test)(plan.role, path, ckpt.model, wrapper)
+                if kv_int8:
+                    error = kv_quant.check_quantized(path, calibration)
+                    logger.info("int8 KV cache: logits within %.3g of the fp32 graph's (relative, probe)", error)
             del graph
             t2 = time.perf_counter()
             logger.info(

@@ -204,7 +204,8 @@ def smoke_test(role: str, path: Path, model, wrapper) -> None:
     else:
         feeds = {names[0]: torch.randn(2, 3, model.decoder.config.hidden_size).numpy()}
     types = {i.name: i.type for i in session.get_inputs()}
-    feeds = {k: v.astype(np.float16) if types[k] == "tensor(float16)" else v for k, v in feeds.items()}
+    casts = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}  # fp16 exports; an int8 KV cache
+    feeds = {k: v.astype(casts[types[k]]) if types[k] in casts else v for k, v in feeds.items()}
     outputs = session.run(None, feeds)
     if not all(np.isfinite(o).all() for o in outputs):
         raise ValidationError(f"{role}: the converted graph produces NaN or inf")

@@ -71,7 +71,7 @@ class BatchEngine:
         full_rows: bool | None = None,
     ) -> None:
         m = engine.manifest
-        if m.decoder.kv_cache != "static":
+        if not m.decoder.kv_cache.in_place:
             raise ValueError("continuous batching needs a static-cache export (--kv-cache static, the default)")
         for name, value in (("max_batch", max_batch), ("max_queued", max_queued)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_batch" else 0):

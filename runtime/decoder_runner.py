@@ -15,6 +15,18 @@ import onnxruntime as ort
 
 from .manifest import Manifest
 
+#: onnxruntime's type strings of the decoder's float inputs and caches, as numpy types
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
+
+
+def input_dtype(session: ort.InferenceSession, name: str) -> type:
+    """The numpy type of input ``name``: the float type of an export (fp32, fp16) is its cross K/V's, the
+    cache's is its own (int8 for ``KVCache.STATIC_INT8``; docs/design.md §6)."""
+    kind = next(i.type for i in session.get_inputs() if i.name == name)
+    if kind not in _NUMPY_TYPES:
+        raise ValueError(f"decoder input {name} has type {kind}, which this runtime does not handle")
+    return _NUMPY_TYPES[kind]
+
 
 def _device_value(array: np.ndarray, dtype, device: str) -> ort.OrtValue:
     """A private copy of ``array`` on ``device``: on CPU an OrtValue aliases its numpy buffer, and
@@ -129,9 +141,10 @@ class StaticDecoderRunner:
         self.cross_names = spec.inputs[4 : 4 + 2 * n]
         self.past_names = spec.inputs[4 + 2 * n :]
         self.present_names = spec.outputs[1:]
-        # fp16 exports keep the cache, cross K/V and logits in fp16 (the loop casts logits to fp32)
-        past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
-        self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
+        # fp16 exports keep the cache, cross K/V and logits in fp16 (the loop casts logits to fp32); an int8 cache
+        # is int8 next to fp32 everything else
+        self.dtype = input_dtype(session, self.cross_names[0])
+        self.cache_dtype = input_dtype(session, self.past_names[0])
         self._buffers: _Buffers | None = None
         self._past = 0
         # never captured: the buffers live for one generation (a CUDA-graph session captures only when asked)
@@ -154,7 +167,7 @@ class StaticDecoderRunner:
         rows = mask.shape[0]
         buffers = _Buffers(
             length=length,
-            cache=[new([rows, self.num_heads, length, self.head_dim], self.dtype) for _ in self.past_names],
+            cache=[new([rows, self.num_heads, length, self.head_dim], self.cache_dtype) for _ in self.past_names],
             cross=[_device_value(a, self.dtype, self.device) for a in cross_kv],
             mask=_device_value(mask, np.int64, self.device),
             logits=new([rows, self.num_codebooks, self.vocab], self.dtype),
@@ -214,6 +227,6 @@ class StaticDecoderRunner:
 
 def make_runner(session: ort.InferenceSession, manifest: Manifest, device: str = "cpu"):
     """The runner matching the exported decoder graph (manifest.decoder.kv_cache)."""
-    if manifest.decoder.kv_cache == "static":
+    if manifest.decoder.kv_cache.in_place:
         return StaticDecoderRunner(session, manifest, device)
     return ConcatDecoderRunner(session, manifest, device)

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from .decoder_runner import make_runner
 from .gate import ComputeGate
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
-from .manifest import Manifest, verify_files
+from .manifest import KVCache, Manifest, verify_files
 from .melody import MelodyCondition, MelodyDecoderRunner
 from .options import SamplingOptions
 from .sampler import GraphSampler
@@ -143,6 +143,12 @@ class Engine:
             providers = checked
             text_encoder = open_session(model_dir / manifest.graphs["text_encoder"].file, providers, options)
         on_cuda = providers[0] == _CUDA
+        if on_cuda and manifest.decoder.kv_cache is KVCache.STATIC_INT8:
+            raise ValueError(
+                f"{model_dir} keeps its KV cache in int8, which onnxruntime's GroupQueryAttention reads on the CPU "
+                "only (its decoder computes in fp32): load it with provider='cpu', or export for GPUs with "
+                "--precision fp16 --kv-cache static"
+            )
         if cuda_graph is None:
             cuda_graph = on_cuda and manifest.decoder.cuda_graph
         elif cuda_graph and not on_cuda:
@@ -152,7 +158,7 @@ class Engine:
                 f"{model_dir} cannot run as a CUDA graph (precision {manifest.precision}, "
                 f"{manifest.decoder.kv_cache} KV cache): re-export with --precision fp16 --kv-cache static"
             )
-        if fixed_buffers and manifest.decoder.kv_cache != "static":
+        if fixed_buffers and not manifest.decoder.kv_cache.in_place:
             raise ValueError(f"fixed_buffers=True needs a static-cache export; {model_dir} has a concat cache")
         has_sampler = "sampler" in manifest.graphs
         if device_sampling is None:
@@ -174,7 +180,7 @@ class Engine:
             providers[0],
             " + CUDA graphs" if engine.cuda_graph else "",
         )
-        if engine.device == "cuda" and manifest.decoder.kv_cache == "static" and manifest.precision != "fp16":
+        if engine.device == "cuda" and manifest.decoder.kv_cache.in_place and manifest.precision != "fp16":
             logger.warning(
                 "%s has a %s static-cache decoder: onnxruntime's CUDA GroupQueryAttention runs fp16 only, so "
                 "attention falls back to the CPU each step; export with --precision fp16 for GPUs",

@@ -8,6 +8,7 @@ know (codebook layout, token ids, frame and sample rates, I/O names, defaults) l
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -57,6 +58,28 @@ class AudioSpec:
     codec_vocab_size: int
 
 
+class KVCache(str, enum.Enum):
+    """How the decoder graph holds its self-attention cache (manifest ``decoder.kv_cache``, docs/design.md §6).
+
+    ``STATIC``: a preallocated buffer of every position, updated in place by GroupQueryAttention (position_ids and
+    total_sequence_length inputs), in the precision's float type; ``STATIC_INT8``: the same buffer in int8 with
+    calibrated per-channel scales inside the graph (CPU); ``CONCAT``: past/present tensors that grow by one
+    position per step (requests run one at a time).
+    """
+
+    STATIC = "static"
+    STATIC_INT8 = "static-int8"
+    CONCAT = "concat"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def in_place(self) -> bool:
+        """A preallocated buffer updated in place, with per-row positions (continuous batching)."""
+        return self is not KVCache.CONCAT
+
+
 @dataclass(frozen=True)
 class DecoderSpec:
     num_codebooks: int
@@ -68,12 +91,14 @@ class DecoderSpec:
     max_positions: int
     pad_token_id: int
     decoder_start_token_id: int
-    #: "static": preallocated cache updated in place (GroupQueryAttention; position_ids and
-    #: total_sequence_length inputs); "concat": past/present tensors that grow by one position per step.
-    kv_cache: str = "concat"
+    #: how the decoder holds its self-attention cache (see ``KVCache``)
+    kv_cache: KVCache = KVCache.CONCAT
     #: The step graph can be captured as a CUDA graph: static cache, fp16 (CUDA GroupQueryAttention
     #: runs fp16 only) and the placement check of ``export.cuda_graph_check`` passed.
     cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kv_cache", KVCache(self.kv_cache))  # from JSON: the value; unknown: ValueError
 
 
 @dataclass(frozen=True)

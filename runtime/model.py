@@ -94,7 +94,7 @@ class MusicGen:
         # request at a time
         batcher = None
         melody_alone = engine.manifest.conditioning == "prefix" and engine.fixed_buffers
-        if engine.manifest.decoder.kv_cache == "static" and not melody_alone:
+        if engine.manifest.decoder.kv_cache.in_place and not melody_alone:
             if max_seconds is None:
                 max_seconds = resolve_window(engine.manifest, None, None)[0] / engine.manifest.audio.frame_rate
             batcher = BatchEngine(engine, max_batch=max_batch, max_seconds=max_seconds, max_queued=max_queued)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from .decoder_runner import input_dtype
 from .manifest import Manifest
 
 __all__ = ["MIN_TEXT_WIDTH", "SlotDecoder"]
@@ -59,8 +60,8 @@ class SlotDecoder:
         self.cross_names = spec.inputs[4 : 4 + 2 * n]
         self.past_names = spec.inputs[4 + 2 * n :]
         self.present_names = spec.outputs[1:]
-        past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
-        self.dtype = np.float16 if past_type == "tensor(float16)" else np.float32
+        self.dtype = input_dtype(session, self.cross_names[0])  # cross K/V and logits: fp32, or fp16 for CUDA
+        self.cache_dtype = input_dtype(session, self.past_names[0])  # the float type, or int8 (docs/design.md §6)
         self.text_width = MIN_TEXT_WIDTH
         self.graph_id = graph_id  # CUDA-graph annotation of the step (-1: never captured)
         # host-side inputs of every step
@@ -71,9 +72,9 @@ class SlotDecoder:
         # np.zeros is calloc: cache pages cost memory only once a row has written them
         shape = (self.rows, self.num_heads, length, self.head_dim)
         if full_rows:
-            self.cache = [self._device(shape, self.dtype) for _ in self.past_names]
+            self.cache = [self._device(shape, self.cache_dtype) for _ in self.past_names]
         else:
-            self.cache = [np.zeros(shape, self.dtype) for _ in self.past_names]
+            self.cache = [np.zeros(shape, self.cache_dtype) for _ in self.past_names]
         self._allocate_text(self.text_width)
 
     # ---- buffers ---------------------------------------------------------------------------------
