@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-USAGE = """usage: musicgen-onnx {generate,export,serve} ...
+USAGE = """usage: musicgen-onnx {generate,export,serve,serve-keys} ...
 
   generate   make music from an export directory (numpy + onnxruntime only)
   export     export a checkpoint to ONNX (needs: pip install "musicgen-onnx[export]")
   serve      serve an export over HTTP with Ray Serve (needs: pip install "musicgen-onnx[serve]")
+  serve-keys make, revoke and list the API keys of `serve --api-keys FILE`
 
 run `musicgen-onnx COMMAND -h` for options
 """
@@ -27,6 +28,7 @@ OPTIONAL_COMMANDS = {
         'pip install torch==2.13.0 && pip install "musicgen-onnx[export]"',
     ),
     "serve": ("musicgen_onnx.serving.cli", "ray[serve] and fastapi", 'pip install "musicgen-onnx[serve]"'),
+    "serve-keys": ("musicgen_onnx.serving.keys_cli", "the runtime", 'pip install "musicgen-onnx"'),
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = ["ServeConfig"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
+_TEXT_FIELDS = ("model_dir", "provider", "api_keys_file")  # taken as given by ``coerce``
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ServeConfig:
     verify: bool = True  # hash every file against the manifest at replica start
     allow_spinning: bool = False  # replicas share nodes: idle onnxruntime workers sleep
     fault_injection: bool = False  # enables POST /debug/stall (fault drills and tests only)
+    api_keys_file: str | None = None  # API keys (serving/auth.py, docs/design.md §22); None: no keys asked for
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_dir, str) or not self.model_dir:
@@ -56,6 +58,8 @@ class ServeConfig:
             _check_positive(name, getattr(self, name))
         if self.max_seconds is not None:
             _check_positive("max_seconds", self.max_seconds)
+        if self.api_keys_file is not None and (not isinstance(self.api_keys_file, str) or not self.api_keys_file):
+            raise ValueError(f"api_keys_file must be a path or None, got {self.api_keys_file!r}")
         if self.default_duration > self.max_duration:
             raise ValueError(
                 f"default_duration ({self.default_duration:g} s) must not exceed max_duration ({self.max_duration:g} s)"
@@ -78,7 +82,7 @@ class ServeConfig:
         out = dict(values)
         for f in fields(cls):
             text = out.get(f.name)
-            if not isinstance(text, str) or f.name in ("model_dir", "provider"):
+            if not isinstance(text, str) or f.name in _TEXT_FIELDS:
                 continue
             default = f.default
             try:

@@ -114,3 +114,32 @@ def stereo_app(cluster, exported_stereo) -> str:
 
     args = dict(model_dir=str(exported_stereo), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
     return run_app({**args, "warmup_seconds": 0.2, "max_upload_bytes": 200_000}, "stereo", "/", cluster)
+
+
+@pytest.fixture(scope="session")
+def api_keys(tmp_path_factory) -> dict[str, str]:
+    """The keyed app's API keys file ("path") and its keys by id (made with ``serve-keys``' own functions):
+    alice (defaults), bob (revoked), slow (burst 2, 1 per minute), single (one generation at a time), page
+    (the browser tests')."""
+    from musicgen_onnx.serving.auth import add_key, revoke_key
+
+    path = tmp_path_factory.mktemp("api_keys") / "keys.json"
+    keys = {
+        "alice": add_key(path, "alice"),
+        "bob": add_key(path, "bob"),
+        "slow": add_key(path, "slow", rate_per_minute=1, burst=2),
+        "single": add_key(path, "single", max_concurrent=1),
+        "page": add_key(path, "page"),
+    }
+    revoke_key(path, "bob")
+    return {"path": str(path), **keys}
+
+
+@pytest.fixture(scope="session")
+def keyed_app(cluster, exported_mono, api_keys) -> str:
+    """The tiny mono export at "/keyed" with API keys on (``api_keys``); half a CPU reserved, so it fits."""
+    from serving_fixtures import run_app
+
+    args = dict(model_dir=str(exported_mono), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
+    args.update(warmup_seconds=0, num_cpus=0.5, api_keys_file=api_keys["path"])
+    return run_app(args, "keyed", "/keyed", cluster)
