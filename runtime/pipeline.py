@@ -24,7 +24,10 @@ class TextToAudioPipeline:
     def __call__(
         self, text: str | Sequence[str], forward_params: dict[str, Any] | None = None, **generate_kwargs: Any
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """One text -> {"audio": [channels, samples], "sampling_rate": int}; a list -> a list of those."""
+        """One text -> {"audio": [channels, samples], "sampling_rate": int}; a list -> a list of those, in order.
+
+        A list may be longer than the model's ``max_batch`` slots: the rows beyond them wait in the engine's queue
+        and start as slots free (``MusicGen.submit``); with a ``seed`` the outputs do not depend on the slots."""
         params = {**(forward_params or {}), **generate_kwargs}
         single = isinstance(text, str)
         audio = self.model.generate([text] if single else list(text), **params)
