@@ -10,6 +10,8 @@ from pathlib import Path
 
 from musicgen_onnx.runtime.manifest import KVCache
 
+from .precision_plan import PLANS
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -39,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8", "int4", "fp16"),
+        choices=("fp32", *PLANS, "fp16"),
         default="fp32",
-        help="decoder weights: fp32 (default), int8 / int4 (CPU), fp16 (CUDA); recorded in the manifest",
+        help="decoder weights: fp32 (default), int8 / int4 / a mixed CPU preset (docs/design.md §8), fp16 (CUDA); "
+        "recorded in the manifest",
     )
     parser.add_argument(
         "--kv-cache",

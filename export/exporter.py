@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -30,7 +31,8 @@ from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, res
 from .melody import is_melody_model, melody_plans, melody_spec
 from .memory import return_freed_memory_to_os
 from .onnx_io import DEFAULT_OPSET
-from .precision import check_precision
+from .precision import check_precision, precision_name
+from .precision_plan import PrecisionPlan, plan_for
 from .random_weights import canonical_name
 from .staging import StagingDir
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
@@ -269,7 +271,7 @@ def export_model(
     tolerance: float = FP32_TOLERANCE,
     opset: int = DEFAULT_OPSET,
     revision: str | None = None,
-    precision: str = "fp32",
+    precision: str | PrecisionPlan = "fp32",
     kv_cache: KVCache | str = KVCache.STATIC,
 ) -> Manifest:
     """Export ``source`` (hub id or local dir) or ``random_weights`` (a released checkpoint's name).
@@ -315,6 +317,7 @@ def export_model(
         graphs: dict[str, GraphSpec] = {}
         files: dict[str, str] = {}
         cuda_graph = False
+        matmul_counts: dict[str, int] = {}
         for plan in plans:
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
@@ -340,6 +343,7 @@ def export_model(
                 calibration = kv_quant.calibrate(path, ckpt.model, ckpt.tokenizer)
             if converts or kv_int8:
                 converted = convert_precision(plan.role, graph, precision) if converts else graph
+                matmul_counts.update(converted.matmul_counts if plan.role == "decoder" else {})
                 if kv_int8:
                     kv_quant.quantize_cache(converted, calibration.scales)
                 external = write_model(converted, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
@@ -371,7 +375,10 @@ def export_model(
         scratch.unlink(missing_ok=True)  # still mapped by the model until it is freed, but not shipped
         ckpt.tokenizer.save(str(tmp / TOKENIZER_FILE))
         files[TOKENIZER_FILE] = sha256_file(tmp / TOKENIZER_FILE)
-        manifest = _build_manifest(ckpt, graphs, files, precision, kv_cache, cuda_graph)
+        matmul_plan = plan_for(precision)
+        manifest = _build_manifest(ckpt, graphs, files, precision_name(precision), kv_cache, cuda_graph)
+        if matmul_plan is not None:
+            manifest = dataclasses.replace(manifest, precision_plan=matmul_plan.to_record(matmul_counts))
         manifest.save(tmp)
         stage.commit()
     logger.info("export finished in %.1f s: %s", time.perf_counter() - started, output_dir)

@@ -21,18 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from .lazy_weights import Lazy
-from .precision import PRECISIONS
+from .lazy_weights import Folded, FromTensor, Lazy
+from .precision import roles_changed
+from .precision_plan import MatMulFormat, PrecisionPlan, WeightFormat, classify, plan_for
 from .weightless import WeightlessGraph, _placeholder
 
 logger = logging.getLogger("musicgen_onnx")
 
-INT4_BLOCK_SIZE = 128
 INT4_ACCURACY_LEVEL = 4
 
 
-def precision_changes(role: str, precision: str) -> bool:
-    return role in PRECISIONS[precision]
+def precision_changes(role: str, precision: str | PrecisionPlan) -> bool:
+    return role in roles_changed(precision)
 
 
 class _Shared:
@@ -114,83 +114,116 @@ def _int8_weight(graph: WeightlessGraph, name: str, weight: Lazy) -> None:
     _add(graph, name + "_zero_point", Part(shared, 2, (), np.int8))
 
 
-def to_int8(graph: WeightlessGraph) -> None:
+def _int8_nodes(graph: WeightlessGraph, node, weight: Lazy, activations: set, weights_done: set) -> list:
+    """One MatMul as ``quantize_dynamic(QInt8, per_channel=False, MatMulConstBOnly=True)`` rewrites it."""
     from onnx import TensorProto, helper
 
-    nodes, activations, weights_done = [], set(), set()
-    for node in graph.model.graph.node:
-        weight = _const_b(graph, node)
-        if weight is None:
-            nodes.append(node)
-            continue
-        a, w = node.input[0], node.input[1]
-        if a not in activations:
-            activations.add(a)
-            outputs = [a + "_quantized", a + "_scale", a + "_zero_point"]
-            nodes.append(helper.make_node("DynamicQuantizeLinear", [a], outputs, a + "_QuantizeLinear"))
-        if w not in weights_done:
-            weights_done.add(w)
-            _int8_weight(graph, w, weight)
-        name = node.name + "_quant" if node.name else ""
-        scales = name + "_scales_mul" if name else f"{a}_scale_{w}_scale_mul"
-        integer_out = node.output[0] + "_output_quantized"
-        nodes += [
-            helper.make_node("Mul", [a + "_scale", w + "_scale"], [scales + ":0"], scales),
-            helper.make_node(
-                "MatMulInteger", [a + "_quantized", w + "_quantized", a + "_zero_point", w + "_zero_point"],
-                [integer_out], name,
-            ),
-            helper.make_node("Cast", [integer_out], [integer_out + "_cast_output"], integer_out + "_cast",
-                             to=TensorProto.FLOAT),
-            helper.make_node("Mul", [integer_out + "_cast_output", scales + ":0"], [node.output[0]],
-                             name + "_output_scale_mul" if name else ""),
-        ]  # fmt: skip
-    del graph.model.graph.node[:]
-    graph.model.graph.node.extend(nodes)
-    _drop_unused(graph)
+    nodes = []
+    a, w = node.input[0], node.input[1]
+    if a not in activations:
+        activations.add(a)
+        outputs = [a + "_quantized", a + "_scale", a + "_zero_point"]
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [a], outputs, a + "_QuantizeLinear"))
+    if w not in weights_done:
+        weights_done.add(w)
+        _int8_weight(graph, w, weight)
+    name = node.name + "_quant" if node.name else ""
+    scales = name + "_scales_mul" if name else f"{a}_scale_{w}_scale_mul"
+    integer_out = node.output[0] + "_output_quantized"
+    nodes += [
+        helper.make_node("Mul", [a + "_scale", w + "_scale"], [scales + ":0"], scales),
+        helper.make_node(
+            "MatMulInteger", [a + "_quantized", w + "_quantized", a + "_zero_point", w + "_zero_point"],
+            [integer_out], name,
+        ),
+        helper.make_node("Cast", [integer_out], [integer_out + "_cast_output"], integer_out + "_cast",
+                         to=TensorProto.FLOAT),
+        helper.make_node("Mul", [integer_out + "_cast_output", scales + ":0"], [node.output[0]],
+                         name + "_output_scale_mul" if name else ""),
+    ]  # fmt: skip
+    return nodes
 
 
-def to_int4(graph: WeightlessGraph, block_size: int = INT4_BLOCK_SIZE) -> None:
+def _int4_node(graph: WeightlessGraph, node, weight: Lazy, block_size: int, quantizers: dict):
+    """One MatMul as ``MatMulNBitsQuantizer`` rewrites it (symmetric blocks, accuracy level 4)."""
     from onnx import helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
     )
 
-    quantizer = DefaultWeightOnlyQuantizer(
-        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+    if block_size not in quantizers:
+        quantizers[block_size] = DefaultWeightOnlyQuantizer(
+            DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+        )
+    quantizer = quantizers[block_size]
+    rows, cols = weight.shape
+    k_blocks = (rows + block_size - 1) // block_size
+    blob = (block_size + 1) // 2
+    shared = _Shared(lambda: quantizer.qbits_block_quant(weight.compute())[:2], 2)
+    w = node.input[1]
+    _add(graph, w + "_Q4", Part(shared, 0, (cols, k_blocks, blob), np.uint8))
+    _add(graph, w + "_scales", Part(shared, 1, (cols, k_blocks), np.float32))
+    return helper.make_node(
+        "MatMulNBits",
+        [node.input[0], w + "_Q4", w + "_scales"],
+        [node.output[0]],
+        node.name + "_Q4" if node.name else "",
+        domain="com.microsoft",
+        K=rows,
+        N=cols,
+        accuracy_level=INT4_ACCURACY_LEVEL,
+        bits=4,
+        block_size=block_size,
     )
-    nodes = []
+
+
+def _sources(value: Lazy) -> list[str]:
+    """The checkpoint parameter names a lazy weight is computed from (a recipe's leaves, recursively)."""
+    if isinstance(value, FromTensor):
+        return [value.name]
+    if isinstance(value, Folded):
+        return [name for x in value.inputs if x is not None for name in _sources(x)]
+    return []
+
+
+def apply_plan(graph: WeightlessGraph, plan: PrecisionPlan) -> dict[str, int]:
+    """Rewrite every MatMul with a constant fp32 weight in the format ``plan`` gives its module and layer.
+
+    Returns how many MatMuls got each format (recorded in the manifest). A uniform plan produces exactly
+    the graph of onnxruntime's whole-model passes (tests/test_bounded_export.py holds them bitwise equal).
+    """
+    targets = []
     for node in graph.model.graph.node:
         weight = _const_b(graph, node)
-        if weight is None or len(weight.shape) != 2:
+        targets.append(None if weight is None else (weight, *classify(_sources(weight))))
+    layers = [t[2] for t in targets if t is not None and t[2] is not None]
+    num_layers = max(layers) + 1 if layers else 0
+    nodes, activations, weights_done, quantizers = [], set(), set(), {}
+    counts: dict[str, int] = {}
+    any_int4 = False
+    for node, target in zip(list(graph.model.graph.node), targets, strict=True):
+        if target is None:
             nodes.append(node)
             continue
-        rows, cols = weight.shape
-        k_blocks = (rows + block_size - 1) // block_size
-        blob = (block_size + 1) // 2
-        shared = _Shared(lambda weight=weight: quantizer.qbits_block_quant(weight.compute())[:2], 2)
-        w = node.input[1]
-        _add(graph, w + "_Q4", Part(shared, 0, (cols, k_blocks, blob), np.uint8))
-        _add(graph, w + "_scales", Part(shared, 1, (cols, k_blocks), np.float32))
-        nodes.append(
-            helper.make_node(
-                "MatMulNBits",
-                [node.input[0], w + "_Q4", w + "_scales"],
-                [node.output[0]],
-                node.name + "_Q4" if node.name else "",
-                domain="com.microsoft",
-                K=rows,
-                N=cols,
-                accuracy_level=INT4_ACCURACY_LEVEL,
-                bits=4,
-                block_size=block_size,
-            )
-        )
+        weight, module, layer = target
+        fmt = plan.format_for(module, layer, num_layers)
+        if fmt.weights is WeightFormat.INT4 and len(weight.shape) != 2:
+            fmt = MatMulFormat(WeightFormat.FP32)
+        counts[fmt.label] = counts.get(fmt.label, 0) + 1
+        if fmt.weights is WeightFormat.INT8:
+            nodes += _int8_nodes(graph, node, weight, activations, weights_done)
+        elif fmt.weights is WeightFormat.INT4:
+            nodes.append(_int4_node(graph, node, weight, fmt.block_size, quantizers))
+            any_int4 = True
+        else:
+            nodes.append(node)
     del graph.model.graph.node[:]
     graph.model.graph.node.extend(nodes)
-    _ensure_ms_domain(graph.model)
+    if any_int4:
+        _ensure_ms_domain(graph.model)
     _drop_unused(graph)
+    return counts
 
 
 def to_fp16(graph: WeightlessGraph, keep_inputs: tuple[str, ...] = ()) -> None:
@@ -214,15 +247,22 @@ def to_fp16(graph: WeightlessGraph, keep_inputs: tuple[str, ...] = ()) -> None:
     graph.model = model
 
 
-def convert_precision(role: str, graph: WeightlessGraph, precision: str) -> WeightlessGraph:
-    """A converted copy of ``graph`` (an fp32 weightless graph); ``graph`` itself is unchanged."""
+def convert_precision(role: str, graph: WeightlessGraph, precision: str | PrecisionPlan) -> WeightlessGraph:
+    """A converted copy of ``graph`` (an fp32 weightless graph); ``graph`` itself is unchanged.
+
+    ``precision`` is fp16 or a MatMul plan (its name, e.g. int8, int4, cpu-fast, or a ``PrecisionPlan``);
+    a plan's per-format MatMul counts are left in ``converted.matmul_counts`` (for the manifest).
+    """
     converted = graph.copy()
+    plan = plan_for(precision)
     if precision == "fp16":
         to_fp16(converted, ("encoder_hidden_states",) if role == "cross_kv" else ())
-    elif precision == "int8":
-        to_int8(converted)
-    elif precision == "int4":
-        to_int4(converted)
+    elif plan is not None:
+        counts = apply_plan(converted, plan)
+        described = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+        logger.info("%-15s converted to %s: %s MatMuls", role, plan.name, described)
+        converted.matmul_counts = counts
+        return converted
     else:
         raise ValueError(f"no conversion for precision {precision!r}")
     logger.info("%-15s converted to %s", role, precision)

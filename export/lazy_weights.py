@@ -53,10 +53,14 @@ def _torch_dtype(dtype: np.dtype):
 
 
 class FromTensor(Lazy):
-    """A parameter or buffer of the loaded model (its storage may be a memory-mapped file)."""
+    """A parameter or buffer of the loaded model (its storage may be a memory-mapped file).
 
-    def __init__(self, tensor: Any) -> None:
-        self.tensor = tensor
+    ``name`` is its state-dict name in the traced wrapper: the precision plan (``export.precision_plan``)
+    picks a weight format per module from it.
+    """
+
+    def __init__(self, tensor: Any, name: str = "") -> None:
+        self.tensor, self.name = tensor, name
         self.shape = tuple(int(d) for d in tensor.shape)
         self.dtype = np.dtype(str(tensor.dtype).replace("torch.", ""))
 

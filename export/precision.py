@@ -10,22 +10,35 @@ import logging
 from pathlib import Path
 
 from .onnx_io import load_onnx, save_onnx
+from .precision_plan import PLANS, PrecisionPlan
 
 logger = logging.getLogger("musicgen_onnx")
 
 #: precision -> the graphs it changes (others stay fp32: the T5 encoder overflows in fp16, and the
-#: cross K/V and EnCodec graphs run once per clip).
+#: cross K/V and EnCodec graphs run once per clip). Every MatMul plan (int8, int4 and the mixed presets of
+#: ``precision_plan.PLANS``) changes the decoder only.
 PRECISIONS = {
     "fp32": (),
-    "int8": ("decoder",),
-    "int4": ("decoder",),
+    **{name: ("decoder",) for name in PLANS},
     "fp16": ("decoder", "cross_kv"),
 }
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str | PrecisionPlan) -> None:
+    if isinstance(precision, PrecisionPlan):
+        return
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+
+
+def roles_changed(precision: str | PrecisionPlan) -> tuple[str, ...]:
+    """The graphs a precision converts (a ``PrecisionPlan`` object: the decoder, like a named plan)."""
+    return ("decoder",) if isinstance(precision, PrecisionPlan) else PRECISIONS[precision]
+
+
+def precision_name(precision: str | PrecisionPlan) -> str:
+    """What the manifest records as ``precision``."""
+    return precision.name if isinstance(precision, PrecisionPlan) else precision
 
 
 def quantize_int8(path: Path) -> None:

@@ -35,6 +35,8 @@ class WeightlessGraph:
 
     model: Any  # onnx.ModelProto
     weights: dict[str, Lazy] = field(default_factory=dict)
+    #: MatMuls per weight format after a precision plan was applied (``lazy_precision.apply_plan``)
+    matmul_counts: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> WeightlessGraph:
         import onnx
@@ -104,7 +106,7 @@ def trace_weightless(
             continue
         if graph_input.name not in sources:
             raise RuntimeError(f"traced graph input {graph_input.name!r} is neither a user input nor a weight")
-        weights[graph_input.name] = FromTensor(sources[graph_input.name])
+        weights[graph_input.name] = FromTensor(sources[graph_input.name], graph_input.name)
     kept = [i for i in model.graph.input if i.name in user]
     del model.graph.input[:]
     model.graph.input.extend(kept)

@@ -156,6 +156,9 @@ class Manifest:
     #: "cross_attention" (text models) or "prefix" (melody: chroma + text states before the tokens)
     conditioning: str = "cross_attention"
     melody: MelodySpec | None = None
+    #: the decoder's weight format per module (export.precision_plan): name, default, rules, MatMuls per format;
+    #: empty for fp32 / fp16 and for exports before plans existed
+    precision_plan: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived facts the loop uses -------------------------------------------------------------
     @property
@@ -209,6 +212,7 @@ class Manifest:
                 exporter=dict(data.get("exporter", {})),
                 conditioning=str(data.get("conditioning", "cross_attention")),
                 melody=MelodySpec(**data["melody"]) if data.get("melody") else None,
+                precision_plan=dict(data.get("precision_plan", {})),
             )
         except ManifestError:
             raise
