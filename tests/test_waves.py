@@ -74,7 +74,7 @@ def test_per_prompt_audio_prompts_and_cfg_off(mono):
 
 
 def test_progress_counts_every_row(stereo):
-    sub = stereo.submit(TEXTS, duration=0.5, do_sample=False)
+    sub = stereo.submit(TEXTS, duration=2.0, do_sample=False)  # waves of ~0.7 s: the caller sees the first one
     assert isinstance(sub.handle, RequestGroup) and len(sub.handle.parts) == 16
     calls: list[tuple[int, int, int, int]] = []
 
