@@ -14,6 +14,7 @@ from typing import Any
 from musicgen_onnx.runtime.manifest import (
     FORMAT_VERSION,
     AudioSpec,
+    CodecStreamSpec,
     DecoderSpec,
     GenerationDefaults,
     GraphSpec,
@@ -36,6 +37,7 @@ from .precision_plan import PrecisionPlan, plan_for
 from .random_weights import canonical_name
 from .staging import StagingDir
 from .validate import FP32_TOLERANCE, smoke_test, validate_graph
+from .validate_stream import stream_spec
 from .weightless import trace_weightless
 from .weights_writer import write_model
 
@@ -57,6 +59,7 @@ class GraphPlan:
     names: Callable[[Any], tuple[list[str], list[str], dict]]  # wrapper -> (inputs, outputs, dynamic axes)
     validator: Callable | None = None  # (path, model, wrapper, tol) -> checks; default: validate.VALIDATORS[role]
     smoke: Callable | None = None  # (path, model, wrapper) for reduced precision; default: validate.smoke_test
+    available: Callable | None = None  # model -> whether this checkpoint gets the graph (optional graphs)
 
 
 KV_CACHES = tuple(cache.value for cache in KVCache)
@@ -105,6 +108,23 @@ def _sampler_plan(precision: str) -> GraphPlan:
     )
 
 
+def _codec_stream_plan() -> GraphPlan:
+    """The stateful EnCodec decoder (optional role: the runtime streams without it, through the overlap path)."""
+    from musicgen_onnx.graphs import encodec_stream
+
+    from .validate_stream import validate_encodec_stream
+
+    return GraphPlan(
+        "encodec_stream",
+        "encodec_stream.onnx",
+        encodec_stream.EncodecDecodeStateful,
+        lambda m, w: w.example_inputs(2, 9, 2),
+        lambda w: (encodec_stream.INPUT_NAMES, encodec_stream.OUTPUT_NAMES, encodec_stream.DYNAMIC_AXES),
+        validator=validate_encodec_stream,
+        available=encodec_stream.supports_stateful,
+    )
+
+
 def _plans(include_audio_encoder: bool, kv_cache: str, precision: str) -> list[GraphPlan]:
     from musicgen_onnx.graphs import (
         CrossKV,
@@ -146,6 +166,7 @@ def _plans(include_audio_encoder: bool, kv_cache: str, precision: str) -> list[G
             lambda w: (encodec_decode.INPUT_NAMES, encodec_decode.OUTPUT_NAMES, encodec_decode.DYNAMIC_AXES),
         ),
     ]
+    plans.append(_codec_stream_plan())
     if include_audio_encoder:
         plans.append(
             GraphPlan(
@@ -236,7 +257,14 @@ def _build_manifest(
         format_version=FORMAT_VERSION,
         conditioning="prefix" if melody else "cross_attention",
         melody=melody_spec(model, MAX_TEXT_TOKENS) if melody else None,
+        codec_stream=_codec_stream_spec(model) if "encodec_stream" in graphs else None,
     )
+
+
+def _codec_stream_spec(model) -> CodecStreamSpec:
+    from musicgen_onnx.graphs.encodec_stream import EncodecDecodeStateful
+
+    return stream_spec(EncodecDecodeStateful(model))
 
 
 def _start_token_id(model) -> int:
@@ -310,6 +338,7 @@ def export_model(
             ckpt = load_random_weights(random_weights, seed=seed, scratch=scratch)
         logger.info("loaded %s in %.1f s", ckpt.source, time.perf_counter() - started)
         plans = _plans(include_audio_encoder, kv_cache, precision)
+        plans = [plan for plan in plans if plan.available is None or plan.available(ckpt.model)]
         if is_melody_model(ckpt.model):
             if kv_cache is not KVCache.STATIC:
                 raise ValueError("melody checkpoints are exported with kv_cache='static' only (the prefix decoder)")

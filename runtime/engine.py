@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .codec_stream import StatefulStreamDecoder
 from .decoder_runner import make_runner
 from .gate import ComputeGate
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
@@ -108,6 +109,9 @@ class Engine:
         self.sampler = self._open(graphs["sampler"].file) if device_sampling else None
         self.codec_decoder = self._open(graphs["encodec_decode"].file)
         self._codec_encoder: ort.InferenceSession | None = None  # opened on the first audio prompt
+        #: the stateful EnCodec decoder of streams (docs/design.md §10), opened now: a stream's first chunk must
+        #: not wait for a session to open while the decoder loop runs ahead
+        self.codec_stream = self._open(graphs["encodec_stream"].file) if self.has_stateful_codec else None
         self.tokenizer = TextTokenizer(
             model_dir / manifest.text.tokenizer_file, manifest.text.pad_token_id, manifest.text.max_tokens
         )
@@ -271,6 +275,29 @@ class Engine:
             for row, (b, c) in enumerate(group):
                 audio[b, c] = out[row, 0]
         return audio
+
+    @property
+    def has_stateful_codec(self) -> bool:
+        """Whether streams decode with the stateful EnCodec graph (exports before it use the overlap path)."""
+        return "encodec_stream" in self.manifest.graphs and self.manifest.codec_stream is not None
+
+    def stateful_decoder(self) -> StatefulStreamDecoder:
+        """A decoder for one stream that carries EnCodec's LSTM state between chunks (docs/design.md §10)."""
+        session = self.codec_stream
+        if session is None:
+            raise ValueError(f"{self.model_dir} has no stateful EnCodec graph (exported before it): re-export it")
+        h0 = next(i for i in session.get_inputs() if i.name == "lstm_h")
+        layers, hidden = int(h0.shape[0]), int(h0.shape[2])
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            with self.gate:  # per call: the decoder loop can step between calls
+                return session.run(None, feeds)
+
+        audio = self.manifest.audio
+        spec = self.manifest.codec_stream
+        return StatefulStreamDecoder(
+            run, self.decode_codes, spec, audio.hop_length, self.channels, CODEC_CALL_FRAMES, (layers, hidden)
+        )
 
     # ---- the step loop -----------------------------------------------------------------------------
     def decoder_runner(self):

@@ -24,9 +24,18 @@ MIN_FORMAT_VERSION = 3
 
 
 #: The graphs an export directory holds, by role (melody checkpoints: melody_prefix instead of cross_kv).
-GRAPH_ROLES = ("text_encoder", "cross_kv", "melody_prefix", "decoder", "sampler", "encodec_decode", "encodec_encode")
+GRAPH_ROLES = (
+    "text_encoder",
+    "cross_kv",
+    "melody_prefix",
+    "decoder",
+    "sampler",
+    "encodec_decode",
+    "encodec_stream",
+    "encodec_encode",
+)
 #: Graphs the runtime cannot work without (the EnCodec encoder is only needed for audio prompts, the
-#: sampler for token selection on the device).
+#: sampler for token selection on the device, the stateful EnCodec decoder makes streaming cheaper).
 REQUIRED_GRAPHS = ("text_encoder", "cross_kv", "decoder", "encodec_decode")
 #: The same for melody checkpoints (conditioning "prefix": chroma + text states before the tokens).
 REQUIRED_MELODY_GRAPHS = ("text_encoder", "melody_prefix", "decoder", "encodec_decode")
@@ -128,6 +137,20 @@ class MelodySpec:
 
 
 @dataclass(frozen=True)
+class CodecStreamSpec:
+    """How the stateful EnCodec graph (role ``encodec_stream``) is fed (docs/design.md §10).
+
+    ``code_context``: code frames each side of a chunk that conv0 reads (the runtime reflects them at a clip's
+    edges); ``left_context`` / ``right_context``: latent frames before / after an emitted frame that reach it
+    through the post-LSTM convolutions (measured at export), re-run as the overlap of the next chunk.
+    """
+
+    code_context: int
+    left_context: int
+    right_context: int
+
+
+@dataclass(frozen=True)
 class GenerationDefaults:
     """Generation defaults as transformers resolves them for the checkpoint."""
 
@@ -159,6 +182,8 @@ class Manifest:
     #: the decoder's weight format per module (export.precision_plan): name, default, rules, MatMuls per format;
     #: empty for fp32 / fp16 and for exports before plans existed
     precision_plan: dict[str, Any] = field(default_factory=dict)
+    #: present when the export has the stateful EnCodec graph (exports before it stream through the overlap path)
+    codec_stream: CodecStreamSpec | None = None
 
     # ---- derived facts the loop uses -------------------------------------------------------------
     @property
@@ -213,6 +238,7 @@ class Manifest:
                 conditioning=str(data.get("conditioning", "cross_attention")),
                 melody=MelodySpec(**data["melody"]) if data.get("melody") else None,
                 precision_plan=dict(data.get("precision_plan", {})),
+                codec_stream=CodecStreamSpec(**data["codec_stream"]) if data.get("codec_stream") else None,
             )
         except ManifestError:
             raise

@@ -1,12 +1,16 @@
-"""Streaming: EnCodec decodes the final code frames incrementally, over overlapping windows with a cross-fade.
+"""Streaming: EnCodec decodes the final code frames incrementally.
 
-EnCodec's decoder is not frame-local: later codes reach a few frames back through the convolutions (finite
-right context), and earlier codes reach forward through the LSTM (left context, decaying). So a chunk holds
-back ``RIGHT_CONTEXT_FRAMES`` frames until their right context exists, every decode starts
+Exports with the stateful EnCodec graph decode every frame once, carrying the LSTM state between chunks
+(``codec_stream.StatefulStreamDecoder``); older exports use the overlap path below (``StreamDecoder``).
+``stream_decoder`` picks one. Both emit the same chunk boundaries for the same codes, whatever the timing.
+
+The overlap path: EnCodec's decoder is not frame-local: later codes reach a few frames back through the
+convolutions (finite right context), and earlier codes reach forward through the LSTM (left context, decaying).
+So a chunk holds back ``RIGHT_CONTEXT_FRAMES`` frames until their right context exists, every decode starts
 ``LEFT_CONTEXT_FRAMES`` frames before the first frame it emits, and the first ``CROSSFADE_FRAMES`` frames it
 emits are cross-faded (linear) with the previous decode's tail, which had full context. The sizes come from
-``measure_receptive_field`` with a margin; the measurements, the tested bound (the concatenated chunks equal
-the one-shot decode of the same codes with SNR >= 40 dB) and the cost are in docs/design.md §10.
+``measure_receptive_field`` with a margin; the measurements, the tested bounds and the cost of both paths are
+in docs/design.md §10.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .codec_stream import StatefulStreamDecoder
 from .engine import CODEC_CALL_FRAMES, Engine
 from .plan import GenerationPlan
 
@@ -35,6 +40,7 @@ __all__ = [
     "measure_receptive_field",
     "snr_db",
     "stream_chunks",
+    "stream_decoder",
 ]
 
 RIGHT_CONTEXT_FRAMES = 5
@@ -91,9 +97,14 @@ class StreamDecoder:
         self.emitted = 0  # frames whose audio has been returned
         self._tail: np.ndarray | None = None  # previous decode's audio of frames [emitted, emitted + crossfade)
 
+    @property
+    def held_back(self) -> int:
+        """Frames after the last emitted one that must be final before a non-final step emits it."""
+        return self.right_context + self.crossfade
+
     def available(self, ready: int) -> int:
         """Frames a non-final ``step`` could return now, with ``ready`` frames final."""
-        return max(0, ready - self.right_context - self.crossfade - self.emitted)
+        return max(0, ready - self.held_back - self.emitted)
 
     def step(self, codes: np.ndarray, ready: int, *, final: bool = False) -> np.ndarray:
         """Audio of frames [emitted, end): end = ready at the end, else ready - right context - cross-fade."""
@@ -119,15 +130,26 @@ class StreamDecoder:
         return piece
 
 
+def stream_decoder(engine: Engine, *, stateful: bool | None = None) -> StreamDecoder | StatefulStreamDecoder:
+    """The decoder of one stream: the stateful graph when the export has it (``stateful=None``), else the
+    overlap path. ``stateful=False`` forces the overlap path (benchmarks compare the two)."""
+    if stateful is None:
+        stateful = engine.has_stateful_codec
+    if stateful:
+        return engine.stateful_decoder()
+    return StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
+
+
 def decode_long(engine: Engine, codes: np.ndarray, max_frames: int = ONE_SHOT_DECODE_FRAMES) -> np.ndarray:
     """``engine.decode_codes`` for any length: one call up to ``max_frames`` (exactly what transformers does),
-    overlapping pieces (the streaming decoder, same bound) beyond, to keep memory flat for long-form clips."""
+    pieces of ``max_frames`` through the streaming decoder (same bound) beyond, to keep memory flat for
+    long-form clips."""
     frames = codes.shape[-1]
     if frames == 0:  # stopped before the first frame
         return np.zeros((codes.shape[0], engine.channels, 0), np.float32)
     if frames <= max_frames:
         return engine.decode_codes(codes)
-    dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
+    dec = stream_decoder(engine)
     parts = [dec.step(codes, ready) for ready in range(max_frames, frames, max_frames)]
     parts.append(dec.step(codes, frames, final=True))
     return np.concatenate(parts, axis=-1)
@@ -218,10 +240,10 @@ def stream_chunks(engine: Engine, source: CodeSource, steps: Iterator[int], fram
 
 def _stream(engine: Engine, job: CodeSource, steps: Iterator[int], chunk_frames: int) -> Iterator[AudioChunk]:
     sr = engine.manifest.audio.sampling_rate
-    dec = StreamDecoder(engine.decode_codes, engine.manifest.audio.hop_length, engine.channels)
+    dec = stream_decoder(engine)
     total_samples = job.plan.total_samples
     total_frames = job.buffer.shape[-1]
-    held_back = dec.right_context + dec.crossfade  # frames after a chunk that must be final before it is sent
+    held_back = dec.held_back  # frames after a chunk that must be final before it is sent
     sent = 0
 
     def chunk(audio: np.ndarray, final: bool) -> AudioChunk:

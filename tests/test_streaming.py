@@ -22,6 +22,7 @@ from musicgen_onnx.runtime.streaming import (
     measure_receptive_field,
     snr_db,
     stream_chunks,
+    stream_decoder,
 )
 
 SR, HOP = 32000, 640
@@ -176,8 +177,9 @@ def test_chunks_arrive_as_soon_as_their_frames_are_final(mono):
     for chunk in stream_chunks(mono.engine, source, source.steps(events), 50):
         pieces.append(chunk)
         events.append(("chunk", chunk.start_sample // HOP, chunk.audio.shape[-1] // HOP, chunk.final))
-    # A non-final chunk of 50 frames needs the right context and the cross-fade after it to be final.
-    need = RIGHT_CONTEXT_FRAMES + CROSSFADE_FRAMES
+    # A non-final chunk of 50 frames needs the frames its decoder holds back after it to be final: conv0's code
+    # context + the post stack's overlap with the stateful graph (4), right context + cross-fade without it (13).
+    need = stream_decoder(mono.engine).held_back
     chunks = [(i, e) for i, e in enumerate(events) if e[0] == "chunk"]
     assert [e[1:] for _, e in chunks] == [(0, 50, False), (50, 50, False), (100, 50, False), (150, 50, True)]
     for i, (_, start, n, _) in chunks[:-1]:
