@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG plot (needs matplotlib)")
+    p.add_argument("--metrics-out", type=Path, help="after the levels, save the server's GET /metrics text here")
     args = p.parse_args(argv)
     meta: dict = {"argv": sys.argv[1:]}
     url = args.url
@@ -184,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({"meta": meta, "levels": levels}, indent=2))
     if args.plot:
         plot(levels, args.plot)
+    if args.metrics_out:
+        import requests
+
+        args.metrics_out.write_text(requests.get(f"{url}/metrics", timeout=60).text)
+        print(f"wrote the server's /metrics after the run to {args.metrics_out}")
     return 0
 
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from .access_log import record_of
 from .formats import content_type, encode, file_rate, wav_stream_header
 from .schema import InvalidRequestError, parse_body
 from .service import Generation, MusicGenService, ServiceError
@@ -88,7 +89,12 @@ def _replay(body: bytes):
 async def generations(request: Request, service: MusicGenService) -> Response:
     """``POST /v1/audio/generations``."""
     body, prompt = await read_request(request, service)
+    record = record_of(request)  # the access-log line of this request (docs/design.md §20)
+    if record is not None:
+        record.note_body(body, service.config.default_duration)
     generation = await asyncio.to_thread(service.start, body, prompt)  # text encoder + admission: 422 / 429
+    if record is not None:
+        record.generation = generation
     m = service.model
     headers = {
         "X-Seed": str(generation.seed),

@@ -24,6 +24,7 @@ from musicgen_onnx.runtime import MusicGen, QueueFullError, RequestCancelledErro
 
 from .config import ServeConfig
 from .formats import to_pcm16
+from .metrics import EngineFigures
 from .schema import GenerationBody, InvalidRequestError
 
 logger = logging.getLogger("musicgen_onnx")
@@ -52,6 +53,7 @@ class Generation:
     started: float = field(default_factory=time.monotonic)
     exclusive: threading.Lock | None = None  # held while generating when the export runs one request at a time
     samples_sent: int = 0
+    first_audio_at: float | None = None  # time.monotonic() of the first decoded piece (access log, metrics)
     ended: str | None = None  # why it ended early: "cancelled", "timeout", "shutdown"
 
     @property
@@ -74,6 +76,8 @@ class Generation:
                 self.submission.stream(self.service.config.chunk_seconds) as chunks,
             ):
                 for chunk in chunks:
+                    if self.first_audio_at is None:
+                        self.first_audio_at = time.monotonic()
                     self.samples_sent += chunk.audio.shape[-1]
                     yield to_pcm16(chunk.audio[0])
         except RequestCancelledError:
@@ -189,6 +193,14 @@ class MusicGenService:
     def in_flight(self) -> int:
         with self._lock:
             return len(self._in_flight)
+
+    def engine_figures(self) -> EngineFigures:
+        """The engine's public counters for the metrics (docs/design.md §20): steps, rows generating, requests
+        waiting. Without the batching engine one request runs at a time and the others wait."""
+        batcher, in_flight = self.model.batcher, self.in_flight
+        if batcher is None:
+            return EngineFigures(None, min(in_flight, 1), max(in_flight - 1, 0), in_flight)
+        return EngineFigures(batcher.steps, batcher.active, batcher.queued, in_flight)
 
     # ---- health --------------------------------------------------------------------------------------
     def health(self) -> dict:
