@@ -16,7 +16,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from ray.serve import Application
 
-from . import observability
 from .auth import AccessControl, AccessDeniedError, Lease
 from .config import ServeConfig
 from .http import generations, guarded
@@ -37,7 +36,6 @@ __all__ = [
 
 APP_NAME = "musicgen"
 api = FastAPI(title="musicgen-onnx", version="0.1", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-observability.install(api)  # request ids, JSON access log, GET /metrics (docs/design.md §20)
 
 #: Deployment settings ``build_app`` accepts besides the ``ServeConfig`` fields.
 DEPLOYMENT_KEYS = {
@@ -56,6 +54,28 @@ DEPLOYMENT_KEYS = {
 }
 
 
+# Above the class: @serve.ingress serializes the routes when the class is defined, with the module globals
+# that exist by then (a function defined below it would be a NameError in the replica).
+def _release_when_sent(response: Response, lease: Lease) -> Response:
+    """A stream counts against its key until its last byte is sent or the client is gone (the body iterator
+    ends or is cancelled); a whole clip is already made. The finalizer covers a body that never starts."""
+    if not isinstance(response, StreamingResponse):
+        lease.release()
+        return response
+    body = response.body_iterator
+
+    async def counted():
+        try:
+            async for piece in body:
+                yield piece
+        finally:
+            lease.release()
+
+    response.body_iterator = counted()
+    weakref.finalize(response, lease.release)
+    return response
+
+
 @serve.deployment(name="MusicGenServer")
 @serve.ingress(api)
 class MusicGenServer:
@@ -66,7 +86,6 @@ class MusicGenServer:
         settings = ServeConfig.from_dict(config)
         self.access = AccessControl(settings.api_keys_file, retry_after_s=settings.retry_after_s)
         self.service = MusicGenService(settings)
-        self.sampler = observability.start(self.service)
 
     def _key(self, request: Request, admit: bool = False) -> Lease | None:
         """API keys (when on): 401 / 403, and with ``admit`` the key's rate and concurrency (429). The key's id
@@ -138,32 +157,9 @@ class MusicGenServer:
     def __del__(self) -> None:
         # Ray calls this after its drain: requests in flight have finished (the drain waits up to
         # graceful_shutdown_timeout_s, longer than any request may run); anything left is cancelled.
-        sampler = getattr(self, "sampler", None)
-        if sampler is not None:
-            sampler.stop()
         service = getattr(self, "service", None)
         if service is not None:
             service.close(grace_s=5.0)
-
-
-def _release_when_sent(response: Response, lease: Lease) -> Response:
-    """A stream counts against its key until its last byte is sent or the client is gone (the body iterator
-    ends or is cancelled); a whole clip is already made. The finalizer covers a body that never starts."""
-    if not isinstance(response, StreamingResponse):
-        lease.release()
-        return response
-    body = response.body_iterator
-
-    async def counted():
-        try:
-            async for piece in body:
-                yield piece
-        finally:
-            lease.release()
-
-    response.body_iterator = counted()
-    weakref.finalize(response, lease.release)
-    return response
 
 
 def deployment_options(config: ServeConfig, **settings: Any) -> dict[str, Any]:
