@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from ray.serve import Application
 
+from . import observability
 from .auth import AccessControl, AccessDeniedError, Lease
 from .config import ServeConfig
 from .http import generations, guarded
@@ -36,6 +37,7 @@ __all__ = [
 
 APP_NAME = "musicgen"
 api = FastAPI(title="musicgen-onnx", version="0.1", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+observability.install(api)  # request ids, JSON access log, GET /metrics (docs/design.md §20)
 
 #: Deployment settings ``build_app`` accepts besides the ``ServeConfig`` fields.
 DEPLOYMENT_KEYS = {
@@ -86,6 +88,7 @@ class MusicGenServer:
         settings = ServeConfig.from_dict(config)
         self.access = AccessControl(settings.api_keys_file, retry_after_s=settings.retry_after_s)
         self.service = MusicGenService(settings)
+        self.sampler = observability.start(self.service)
 
     def _key(self, request: Request, admit: bool = False) -> Lease | None:
         """API keys (when on): 401 / 403, and with ``admit`` the key's rate and concurrency (429). The key's id
@@ -157,6 +160,9 @@ class MusicGenServer:
     def __del__(self) -> None:
         # Ray calls this after its drain: requests in flight have finished (the drain waits up to
         # graceful_shutdown_timeout_s, longer than any request may run); anything left is cancelled.
+        sampler = getattr(self, "sampler", None)
+        if sampler is not None:
+            sampler.stop()
         service = getattr(self, "service", None)
         if service is not None:
             service.close(grace_s=5.0)
