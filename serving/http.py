@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .access_log import record_of
 from .formats import content_type, encode, file_rate, wav_stream_header
-from .schema import InvalidRequestError, parse_body
+from .schema import UPLOADS, InvalidRequestError, Uploads, parse_body
 from .service import Generation, MusicGenService, ServiceError
 
 logger = logging.getLogger("musicgen_onnx")
@@ -48,7 +48,8 @@ async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
 
 
 async def read_request(request: Request, service: MusicGenService):
-    """The body (JSON, or a multipart form with an ``audio_prompt`` file) within the size limits."""
+    """The body (JSON, or a multipart form with ``audio_prompt`` and / or ``melody`` files) within the size
+    limits, and the uploaded files."""
     cfg = service.config
     multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     limit = cfg.max_upload_bytes if multipart else cfg.max_body_bytes
@@ -65,18 +66,18 @@ async def read_request(request: Request, service: MusicGenService):
             values = json.loads(bytes(raw) or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
-        return parse_body(values), None
+        return parse_body(values), Uploads()
     form_request = Request(request.scope, _replay(bytes(raw)))
     form = await form_request.form(max_part_size=limit)
-    fields, prompt = {}, None
+    fields, files = {}, {}
     for name, value in form.multi_items():
-        if name == "audio_prompt":
+        if name in UPLOADS:
             if isinstance(value, str):
-                raise InvalidRequestError("audio_prompt must be an uploaded audio file")
-            prompt = await value.read()
+                raise InvalidRequestError(f"{name} must be an uploaded audio file")
+            files[name] = await value.read()
         else:
             fields[name] = value
-    return parse_body(fields, from_form=True), prompt
+    return parse_body(fields, from_form=True), Uploads(**files)
 
 
 def _replay(body: bytes):
@@ -88,11 +89,12 @@ def _replay(body: bytes):
 
 async def generations(request: Request, service: MusicGenService) -> Response:
     """``POST /v1/audio/generations``."""
-    body, prompt = await read_request(request, service)
+    body, uploads = await read_request(request, service)
     record = record_of(request)  # the access-log line of this request (docs/design.md §20)
     if record is not None:
         record.note_body(body, service.config.default_duration)
-    generation = await asyncio.to_thread(service.start, body, prompt)  # text encoder + admission: 422 / 429
+    # text encoder, melody chroma, admission (422 / 429)
+    generation = await asyncio.to_thread(service.start, body, uploads.audio_prompt, uploads.melody)
     if record is not None:
         record.generation = generation
     m = service.model

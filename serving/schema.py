@@ -14,7 +14,7 @@ from typing import Any
 
 from .formats import FORMATS, STREAMABLE
 
-__all__ = ["MAX_INPUT_CHARS", "GenerationBody", "InvalidRequestError", "parse_body"]
+__all__ = ["MAX_INPUT_CHARS", "UPLOADS", "GenerationBody", "InvalidRequestError", "Uploads", "parse_body"]
 
 MAX_INPUT_CHARS = 4000
 
@@ -36,6 +36,16 @@ class GenerationBody:
     stream: bool = False
 
 
+@dataclass(frozen=True)
+class Uploads:
+    """The audio files of a multipart body, as uploaded (any format libsndfile reads, any sample rate); the
+    service decodes them. ``melody``: melody checkpoints only (docs/design.md §18)."""
+
+    audio_prompt: bytes | None = None
+    melody: bytes | None = None
+
+
+UPLOADS = tuple(f.name for f in fields(Uploads))
 _NUMBERS = ("duration", "guidance_scale", "top_p", "temperature")
 _INTEGERS = ("seed", "top_k")
 KNOWN = tuple(f.name for f in fields(GenerationBody))
@@ -46,6 +56,9 @@ def parse_body(values: Any, *, from_form: bool = False) -> GenerationBody:
     if not isinstance(values, dict):
         raise InvalidRequestError(f"the body must be a JSON object with the fields {', '.join(KNOWN)}")
     unknown = sorted(set(values) - set(KNOWN))
+    files = [name for name in unknown if name in UPLOADS]
+    if files and not from_form:
+        raise InvalidRequestError(f"{', '.join(files)} must be uploaded as a file in a multipart/form-data body")
     if unknown:
         raise InvalidRequestError(f"unknown fields {unknown}; accepted: {', '.join(KNOWN)}")
     out: dict[str, Any] = {}

@@ -132,8 +132,9 @@ class MusicGenService:
         )
 
     # ---- requests ------------------------------------------------------------------------------------
-    def start(self, body: GenerationBody, prompt: bytes | None = None) -> Generation:
-        """Validate and submit; raises ServiceError (422, 429, 503) before any generation work."""
+    def start(self, body: GenerationBody, prompt: bytes | None = None, melody: bytes | None = None) -> Generation:
+        """Validate and submit; raises ServiceError (422, 429, 503) before any generation work. ``prompt`` and
+        ``melody``: uploaded audio files (any rate: the runtime resamples them)."""
         if self._closing:
             raise ServiceError(503, "the replica is shutting down; retry the request", "unavailable")
         cfg = self.config
@@ -152,7 +153,16 @@ class MusicGenService:
             temperature=body.temperature,
         )
         if prompt is not None:
-            kwargs["prompt_audio"], kwargs["prompt_sample_rate"] = self._decode_prompt(prompt)
+            kwargs["prompt_audio"], kwargs["prompt_sample_rate"] = self._decode_audio(prompt, "audio_prompt")
+        if melody is not None:
+            m = self.model.manifest
+            if m.conditioning != "prefix":
+                raise InvalidRequestError(
+                    f"this server's model ({m.source}) takes no melody: melody conditioning needs an export of "
+                    "facebook/musicgen-melody, -melody-large, -stereo-melody or -stereo-melody-large"
+                )
+            audio, rate = self._decode_audio(melody, "melody")
+            kwargs["melody"], kwargs["melody_sample_rate"] = audio.mean(axis=0, dtype=np.float32), rate  # mono mix
         batcher = self.model.batcher
         with self._lock:
             if batcher is None and len(self._in_flight) >= 1 + cfg.max_queued:
@@ -176,13 +186,14 @@ class MusicGenService:
             {"Retry-After": str(self.config.retry_after_s)},
         )
 
-    def _decode_prompt(self, data: bytes) -> tuple[np.ndarray, int]:
+    def _decode_audio(self, data: bytes, field: str) -> tuple[np.ndarray, int]:
+        """An uploaded file -> ([channels, samples] float32, sample rate)."""
         try:
             audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as exc:  # libsndfile's own message says what it could not read
-            raise InvalidRequestError(f"audio_prompt is not an audio file libsndfile can read: {exc}") from None
+            raise InvalidRequestError(f"{field} is not an audio file libsndfile can read: {exc}") from None
         if audio.shape[0] == 0:
-            raise InvalidRequestError("audio_prompt holds no samples")
+            raise InvalidRequestError(f"{field} holds no samples")
         return audio.T, int(sr)
 
     def _finished(self, generation: Generation) -> None:
@@ -254,6 +265,7 @@ class MusicGenService:
                     "max_batch": self.config.max_batch if batcher is not None else 1,
                     "max_queued": self.config.max_queued,
                     "audio_prompt": True,
+                    "melody": m.conditioning == "prefix",
                 }
             ],
         }

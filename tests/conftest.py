@@ -117,6 +117,16 @@ def stereo_app(cluster, exported_stereo) -> str:
 
 
 @pytest.fixture(scope="session")
+def melody_app(cluster, exported_melody_stereo) -> str:
+    """The tiny stereo melody export at "/melody": 2 slots, 2 waiting, 0.5 s stream chunks; half a CPU reserved."""
+    from serving_fixtures import run_app
+
+    args = dict(model_dir=str(exported_melody_stereo), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
+    args.update(warmup_seconds=0.2, num_cpus=0.5, max_upload_bytes=2_000_000)
+    return run_app(args, "melody", "/melody", cluster)
+
+
+@pytest.fixture(scope="session")
 def api_keys(tmp_path_factory) -> dict[str, str]:
     """The keyed app's API keys file ("path") and its keys by id (made with ``serve-keys``' own functions):
     alice (defaults), bob (revoked), slow (burst 2, 1 per minute), single (one generation at a time), page
