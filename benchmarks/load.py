@@ -2,11 +2,14 @@
 
     python benchmarks/load.py EXPORT_DIR --clients 4 --requests 16 [--threads 2] [--out results/load-int8.json]
     python benchmarks/load.py EXPORT_DIR --rate 0.3 --requests 16           # open loop: Poisson arrivals
+    python benchmarks/load.py MELODY_EXPORT_DIR --melody --modes engine sequential   # melody checkpoints
 
 Requests have durations drawn uniformly from --min-seconds..--max-seconds (2-15 s) and texts from a fixed
 list, from a seeded generator, so every mode serves the same requests. Each request is streamed (1 s chunks),
 as a server would; time to first audio is when its first chunk arrives. With ``--no-stream`` each request
 waits for its whole clip (``generate``, one EnCodec decode per clip); first audio is then the whole clip.
+With ``--melody`` (melody checkpoints) every request also gets its own melody: a synthetic tune of
+--melody-seconds, four notes that differ per request, at 44.1 kHz (resampled by the runtime).
 
 Arrivals: ``--clients N`` is a closed loop (N clients, each sends its next request when the last one is
 done); ``--rate R`` an open loop (Poisson arrivals, R requests per second, each handled by its own thread).
@@ -51,16 +54,41 @@ class Request:
     index: int
     text: str
     duration: float
+    melody_notes: tuple[float, ...] | None = None  # Hz, one per 0.4 s, cycling (``--melody``)
+    melody_seconds: float = 0.0
     arrival: float = 0.0  # seconds after the start of the run
     first_audio: float | None = None
     done: float | None = None
     samples: int = 0
 
 
-def make_requests(n: int, low: float, high: float, seed: int) -> list[Request]:
+MELODY_RATE = 44100
+
+
+def make_requests(n: int, low: float, high: float, seed: int, melody_seconds: float | None = None) -> list[Request]:
     rng = np.random.default_rng(seed)
     durations = np.round(rng.uniform(low, high, n), 2)
-    return [Request(i, PROMPTS[i % len(PROMPTS)], float(d)) for i, d in enumerate(durations)]
+    requests = [Request(i, PROMPTS[i % len(PROMPTS)], float(d)) for i, d in enumerate(durations)]
+    if melody_seconds:  # four notes of the C major scale (C4-B4) per request, from the same generator
+        scale = (261.63, 293.66, 329.63, 349.23, 392.0, 440.0, 493.88)
+        for req in requests:
+            req.melody_notes, req.melody_seconds = tuple(float(f) for f in rng.choice(scale, 4)), melody_seconds
+    return requests
+
+
+def melody_audio(notes: tuple[float, ...], seconds: float) -> np.ndarray:
+    """A mono tune at MELODY_RATE: one note per 0.4 s, cycling through ``notes``."""
+    t = np.arange(round(seconds * MELODY_RATE)) / MELODY_RATE
+    freq = np.asarray(notes)[(t / 0.4).astype(int) % len(notes)]
+    return (0.4 * np.sin(2 * np.pi * np.cumsum(freq) / MELODY_RATE)).astype(np.float32)
+
+
+def conditioning(reqs: list[Request]) -> dict:
+    """The keyword arguments that condition ``reqs`` beyond their texts: their melodies, if any."""
+    if reqs[0].melody_notes is None:
+        return {}
+    clips = [melody_audio(r.melody_notes, r.melody_seconds) for r in reqs]
+    return {"melody": clips if len(clips) > 1 else clips[0], "melody_sample_rate": MELODY_RATE}
 
 
 def _consume(stream, req: Request, start: float) -> None:
@@ -73,7 +101,7 @@ def _consume(stream, req: Request, start: float) -> None:
 
 
 def _whole(model, req: Request, start: float) -> None:
-    audio = model.generate(req.text, duration=req.duration, seed=req.index)
+    audio = model.generate(req.text, duration=req.duration, seed=req.index, **conditioning([req]))
     req.done = req.first_audio = time.perf_counter() - start
     req.samples = audio.shape[-1]
 
@@ -84,7 +112,7 @@ def run_engine(model, requests: list[Request], clients: int | None, rate: float 
     def serve(req: Request) -> None:
         req.arrival = time.perf_counter() - start
         if stream:
-            _consume(model.stream(req.text, duration=req.duration, seed=req.index), req, start)
+            _consume(model.stream(req.text, duration=req.duration, seed=req.index, **conditioning([req])), req, start)
         else:
             _whole(model, req, start)
 
@@ -111,14 +139,17 @@ def run_static(model, requests, clients: int | None, rate: float | None, seed: i
                 continue
             longest = max(r.duration for r in batch)
             if not stream:  # the whole batch to its longest, then each request's clip cut to its own length
-                audio = model.generate([r.text for r in batch], duration=longest, seed=batch[0].index)
+                audio = model.generate(
+                    [r.text for r in batch], duration=longest, seed=batch[0].index, **conditioning(batch)
+                )
                 now = time.perf_counter() - start
                 for req in batch:
                     req.samples = min(audio.shape[-1], round(req.duration * model.sampling_rate))
                     req.first_audio = req.done = now
                     finished[req.index].set()
                 continue
-            with model.stream([r.text for r in batch], duration=longest, seed=batch[0].index) as chunks:
+            texts = [r.text for r in batch]
+            with model.stream(texts, duration=longest, seed=batch[0].index, **conditioning(batch)) as chunks:
                 for chunk in chunks:
                     now = time.perf_counter() - start
                     for row, req in enumerate(batch):
@@ -252,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["engine", "sequential", "static"])
     parser.add_argument("--no-spin", action="store_true", help="load with allow_spinning=False")
     parser.add_argument("--no-stream", action="store_true", help="requests wait for the whole clip (generate)")
+    parser.add_argument("--melody", action="store_true", help="melody checkpoints: each request gets its own tune")
+    parser.add_argument("--melody-seconds", type=float, default=10.0, help="length of each request's tune")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON record")
     parser.add_argument("--plot", type=Path, help="PNG: throughput, latency and time to first audio per mode")
@@ -265,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in args.modes:
         slots = 1 if mode == "sequential" else args.slots
-        requests = make_requests(args.requests, args.min_seconds, args.max_seconds, args.seed)
+        melody = args.melody_seconds if args.melody else None
+        requests = make_requests(args.requests, args.min_seconds, args.max_seconds, args.seed, melody)
         with MusicGen.load(
             args.export_dir,
             provider=args.provider,
@@ -292,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     how = "whole clips (generate)" if args.no_stream else "streamed in 1 s chunks"
     spin = "allow_spinning=False" if args.no_spin else "spinning (onnxruntime default)"
     print(f"{args.requests} requests of {args.min_seconds:g}-{args.max_seconds:g} s, {load}, slots {args.slots}")
-    print(f"{how}, {spin}, {args.threads or 'usable CPUs'} onnxruntime threads")
+    melody = f", a {args.melody_seconds:g} s melody per request" if args.melody else ""
+    print(f"{how}, {spin}, {args.threads or 'usable CPUs'} onnxruntime threads{melody}")
     print("| mode | throughput (audio s/s) | latency p50 s | p95 s | first audio p50 s | p95 s | wall s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
