@@ -183,3 +183,15 @@ def test_melody_models_split_their_rows_too(exported_melody_stereo):
         request = model.request(TEXTS[:5], **spec)
         whole = Submission(model.engine, request, None).result().codes  # the single-request loop: all rows at once
     np.testing.assert_array_equal(waves, whole)
+
+
+def test_other_callers_share_the_queue_with_a_split_call(mono):
+    other = dict(duration=0.7, do_sample=True, seed=5)
+    expected_other = mono.generate_detailed(TEXTS[9], **other).codes
+    expected_rows = [mono.generate_detailed(t, duration=1.0, do_sample=False).codes[0] for t in TEXTS[:6]]
+    call = mono.submit(TEXTS[:6], duration=1.0, do_sample=False)
+    joiner = mono.submit(TEXTS[9], **other)  # queued behind the call's waiting rows, FIFO
+    np.testing.assert_array_equal(joiner.result().codes, expected_other)
+    codes = call.result().codes
+    for row, expected in zip(codes, expected_rows, strict=True):
+        np.testing.assert_array_equal(row, expected)
