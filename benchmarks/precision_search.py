@@ -6,7 +6,7 @@ same as the reference's, so it is not re-validated), the quality gate against th
 sampling, median of the steps after an 8-step warm-up), side by side:
 
     flock /tmp/musicgen-heavy.lock python benchmarks/precision_search.py FP32_DIR WORK_DIR \\
-        --candidates int4 int4-b32 int4-lm8 [--steps 150] [--json OUT]
+        --candidates int4 int4-b32 int4-lm8 [--kv-cache static-int8] [--steps 150] [--json OUT]
 
 Each candidate's record is appended to ``--json`` as it finishes, so a search can run in several lock holds.
 """
@@ -40,6 +40,7 @@ FFN = frozenset({Module.FFN})
 #: the plans the search measured (docs/design.md §8 has the table); the kept one is in precision_plan.PLANS
 CANDIDATES: dict[str, PrecisionPlan] = {
     "int8": PLANS["int8"],
+    "cpu-fast": PLANS["cpu-fast"],
     "int4": PLANS["int4"],
     "int4-b32": PrecisionPlan("int4-b32", INT4_B32),
     "int4-lm8": PrecisionPlan("int4-lm8", INT4_B128, (Rule(INT8, LM),)),
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="facebook/musicgen-stereo-small")
     p.add_argument("--steps", type=int, default=150, help="teacher-forced steps per prompt")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kv-cache", default="static", help="every candidate's cache (static-int8: the int8 KV cache)")
     p.add_argument("--keep", action="store_true", help="keep each candidate's export (default: delete it)")
     p.add_argument("--json", type=Path, help="append the records to this JSON list")
     args = p.parse_args(argv)
@@ -88,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     records = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
     for name in args.candidates:
         plan = CANDIDATES[name]
+        if args.kv_cache != "static":
+            name = f"{name}+{args.kv_cache}"
         out = args.work / name
         t0 = time.perf_counter()
-        export_model(None, out, random_weights=args.model, overwrite=True, validate=False, precision=plan)
+        export_model(
+            None, out, random_weights=args.model, overwrite=True, validate=False, precision=plan, kv_cache=args.kv_cache
+        )
         export_s = time.perf_counter() - t0
         with MusicGen.load(out, provider="cpu", threads=args.threads) as var:
             quality = compare(ref, var, steps=args.steps, name=name)

@@ -49,13 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kv-cache",
         choices=[cache.value for cache in KVCache],
-        default=KVCache.STATIC.value,
-        help="static: preallocated in-place cache (default); static-int8: the same in int8 with calibrated "
+        default=None,
+        help="static: preallocated in-place cache (default; a CPU preset names its own, e.g. cpu-fast: static-int8); "
+        "static-int8: the same in int8 with calibrated "
         "per-channel scales (CPU: a quarter of the bytes attention reads); concat: growing past/present tensors",
     )
     parser.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     parser.add_argument("-v", "--verbose", action="store_true", help="log validation details")
     return parser
+
+
+def _default_kv_cache(precision: str) -> str:
+    """The cache a preset was measured with (``PrecisionPlan.kv_cache``), else the static fp32 cache."""
+    plan = PLANS.get(precision)
+    return plan.kv_cache if plan is not None and plan.kv_cache else KVCache.STATIC.value
 
 
 def _missing_export_deps() -> list[str]:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 validate=not args.no_validate,
                 revision=args.revision,
                 precision=args.precision,
-                kv_cache=args.kv_cache,
+                kv_cache=args.kv_cache or _default_kv_cache(args.precision),
             )
     except (FileNotFoundError, FileExistsError, ValidationError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"musicgen-onnx export: error: {exc}", file=sys.stderr)

@@ -101,7 +101,7 @@ class Rule:
     format: MatMulFormat
     modules: frozenset[Module] = frozenset(Module)
     edge_layers: int | None = None
-    layers: tuple[int, int] | None = None
+    layers: tuple[int | None, int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.edge_layers is not None and self.layers is not None:
@@ -124,7 +124,9 @@ class Rule:
         if self.edge_layers is not None:
             where = f" in the first/last {self.edge_layers} layers"
         elif self.layers is not None:
-            where = f" in layers [{self.layers[0]}, {self.layers[1]})"
+            start, stop = self.layers
+            last = start is not None and start < 0 and stop is None
+            where = f" in the last {-start} layers" if last else f" in layers [{start}, {stop})"
         return f"{modules}{where}: {self.format.label}"
 
 
@@ -136,6 +138,9 @@ class PrecisionPlan:
     default: MatMulFormat
     rules: tuple[Rule, ...] = field(default_factory=tuple)
     summary: str = ""
+    #: the KV cache (manifest ``decoder.kv_cache`` value) the plan's quality was measured with; the CLI exports
+    #: it unless ``--kv-cache`` says otherwise. None: the static fp32 cache.
+    kv_cache: str | None = None
 
     def format_for(self, module: Module, layer: int | None, num_layers: int) -> MatMulFormat:
         for rule in self.rules:
@@ -149,6 +154,7 @@ class PrecisionPlan:
             "name": self.name,
             "default": self.default.label,
             "rules": [rule.describe() for rule in self.rules],
+            "summary": self.summary,
         }
         if counts is not None:
             record["matmuls"] = dict(sorted(counts.items()))
@@ -163,6 +169,17 @@ def _except(modules: Iterable[Module]) -> frozenset[Module]:
 PLANS: dict[str, PrecisionPlan] = {
     "int8": PrecisionPlan("int8", INT8, summary="every decoder MatMul int8"),
     "int4": PrecisionPlan("int4", INT4_B128, summary="every decoder MatMul int4, block 128"),
+    # The fastest mix measured within mean KL 0.01 per codebook of fp32 (benchmarks/precision_search.py, design
+    # §8): int4 error costs far more in the first layers than in the last, and FFN weights less per byte than
+    # attention, so the FFN of the last 10 of 24 layers is int4 and the rest (lm heads included) int8, with the
+    # int8 KV cache.
+    "cpu-fast": PrecisionPlan(
+        "cpu-fast",
+        INT8,
+        (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
+        summary="int8 decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache",
+        kv_cache="static-int8",
+    ),
 }
 
 

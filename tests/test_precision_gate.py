@@ -122,6 +122,11 @@ def test_plan_rules_first_match_wins():
     assert plan.format_for(Module.FFN, 22, 24) == INT8
     assert plan.format_for(Module.FFN, 2, 24) == INT4_B32
     assert plan.format_for(Module.SELF_ATTENTION, 21, 24) == INT4_B32
+    last = Rule(INT8, layers=(-10, None))
+    assert [i for i in range(24) if last.matches(Module.FFN, i, 24)] == list(range(14, 24))
+    assert not last.matches(Module.LM_HEAD, None, 24)
+    with pytest.raises(ValueError, match="not both"):
+        Rule(INT8, edge_layers=1, layers=(0, 2))
     with pytest.raises(ValueError, match="block_size must be one of"):
         MatMulFormat(WeightFormat.INT4, 100)
 
@@ -155,3 +160,14 @@ def test_named_plans_are_cli_choices():
 
     choices = next(a.choices for a in build_parser()._actions if a.dest == "precision")
     assert set(PLANS) <= set(choices)
+
+
+def test_preset_exports_with_its_kv_cache(tmp_path):
+    """``--precision cpu-fast`` brings the KV cache it was measured with unless --kv-cache is given."""
+    from musicgen_onnx.export.cli import _default_kv_cache
+
+    preset = PLANS["cpu-fast"]
+    assert preset.kv_cache == "static-int8"
+    assert _default_kv_cache("cpu-fast") == "static-int8"
+    assert _default_kv_cache("int8") == "static"
+    assert preset.format_for(Module.LM_HEAD, None, 24) == INT8
