@@ -53,6 +53,7 @@ async function loadModel() {
     $("model").textContent =
       `${m.id} · ${m.precision} · ${m.device} · ${m.sampling_rate / 1000} kHz ${layout}${random}`;
     $("duration").value = m.default_duration;
+    $("melody-field").hidden = !m.melody; // only melody checkpoints take one (a text model answers 422)
     $("duration").max = m.max_duration;
   } catch (e) {
     $("model").textContent = "model unknown";
@@ -72,14 +73,16 @@ function requestFields() {
 }
 
 function requestInit(fields) {
-  // JSON, or multipart when an audio prompt is attached (the form sends every field as text).
+  // JSON, or multipart when an audio prompt or a melody is attached (the form sends every field as text).
   const file = $("audio-prompt").files[0];
-  if (!file) {
+  const melody = $("melody-field").hidden ? undefined : $("melody").files[0];
+  if (!file && !melody) {
     return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields) };
   }
   const form = new FormData();
   for (const [name, value] of Object.entries(fields)) form.append(name, value === null ? "" : String(value));
-  form.append("audio_prompt", file);
+  if (file) form.append("audio_prompt", file);
+  if (melody) form.append("melody", melody);
   return { method: "POST", body: form };
 }
 
