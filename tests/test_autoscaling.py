@@ -90,7 +90,7 @@ def _replicas(name: str) -> dict[str, int]:
 
 def test_a_second_replica_starts_under_load_and_goes_again(cluster, exported_mono):
     scaling = dict(replicas="auto", min_replicas=1, max_replicas=2, target_ongoing_requests=1)
-    scaling.update(upscale_delay_s=1.0, downscale_delay_s=5.0, look_back_period_s=3.0, num_cpus=0.5)
+    scaling.update(upscale_delay_s=1.0, downscale_delay_s=5.0, look_back_period_s=11.0, num_cpus=0.5)
     engine = dict(threads=1, max_batch=1, max_queued=4, warmup_seconds=0, chunk_seconds=0.5, verify=False)
     base = run_app({"model_dir": str(exported_mono), **engine, **scaling}, "autoscale", "/autoscale", cluster)
     t0 = time.monotonic()

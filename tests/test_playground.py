@@ -262,3 +262,43 @@ def test_the_page_is_one_self_contained_document(stereo_app):
     assert "<script>" in page and "<style>" in page and "LivePlayer" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<!-- playground." not in page  # every marker was replaced
+
+
+def test_a_server_with_api_keys_takes_the_key_in_the_page(browser, keyed_app, api_keys):
+    """The keyed app (docs/design.md §22): without a key the page shows the API's 401; a revoked key its 403;
+    with a valid one the model loads and a generation is the server's answer to the same keyed request. The key
+    is kept for the tab (sessionStorage) and sent as ``Authorization: Bearer``."""
+    browser.get(f"{keyed_app}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    message = browser.find_element(By.ID, "message")
+    WebDriverWait(browser, WAIT_S).until(lambda d: message.is_displayed() and message.text)
+    assert message.text.startswith("401: this server needs an API key") and "API key field" in message.text
+    assert browser.execute_script("return window.playground.model") is None
+
+    def enter(key: str) -> None:
+        field = browser.find_element(By.ID, "api-key")
+        field.clear()
+        field.send_keys(key)
+        browser.find_element(By.ID, "prompt").click()  # leaving the field commits it ("change")
+
+    enter(api_keys["bob"])
+    WebDriverWait(browser, WAIT_S).until(lambda d: message.text.startswith("403:"))
+    assert message.text.startswith("403: API key 'bob' has been revoked")
+    enter(api_keys["page"])
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return window.playground.model !== null"))
+    assert not message.is_displayed()
+    browser.refresh()  # the key is kept for the tab
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return window.playground.model !== null"))
+    browser.get_log("browser")
+    _fill(browser, prompt="keyed", duration="1", seed="3", format="wav")
+    run = _generate(browser)
+    assert not run.get("error") and run["samples"] == run["planned"] == SR
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return window.playground.run.download !== null"))
+    wav = _fetch(browser, browser.execute_script("return window.playground.run.download"))
+    headers = {"Authorization": f"Bearer {api_keys['page']}"}
+    body = {"input": "keyed", "duration": 1, "seed": 3}
+    expected = requests.post(f"{keyed_app}/v1/audio/generations", json=body, headers=headers, timeout=WAIT_S)
+    assert expected.status_code == 200 and wav == expected.content
+    assert _console_errors(browser) == []
+    browser.execute_script("sessionStorage.clear()")  # the other tests' pages (same origin) start without a key

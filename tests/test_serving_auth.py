@@ -287,10 +287,12 @@ def test_http_concurrent_streams_per_key(keyed_app, api_keys):
     key = api_keys["single"]
     with _post(keyed_app, key, {"input": "long", "duration": 60.0, "stream": True}, stream=True) as held:
         assert held.status_code == 200
-        next(held.iter_content(chunk_size=4096))  # generating
+        pieces = held.iter_content(chunk_size=4096)  # kept: a dropped iterator closes the connection
+        next(pieces)  # generating
         r = _post(keyed_app, key, {"input": "second", "duration": 0.5})
         assert r.status_code == 429 and r.headers["Retry-After"] == "2"
         assert "(max_concurrent=1)" in r.json()["error"]["message"]
+        pieces.close()
     # the client went away: the stream's end releases the key's place
     poll(lambda: _post(keyed_app, key, {"input": "after", "duration": 0.5}).status_code == 200, 60, "the release")
     for _ in range(2):  # whole clips release their place when they are sent

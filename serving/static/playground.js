@@ -11,6 +11,13 @@ const MIN_PIECE_S = 0.05; // network reads are gathered to at least this much au
 const $ = (id) => document.getElementById(id);
 const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const EXTENSIONS = { wav: "wav", flac: "flac", mp3: "mp3", opus: "ogg" };
+const KEY_STORE = "musicgen-onnx.api-key"; // sessionStorage: the key lives as long as the tab
+
+function authHeaders() {
+  // Sent as the API expects (docs/design.md §22); nothing when the field is empty (keys off).
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 // The page's state; window.playground is read by the browser tests and is handy in the console.
 const state = { model: null, ctx: null, player: null, run: null, runs: 0, urls: [] };
@@ -44,7 +51,12 @@ async function errorMessage(response) {
 
 async function loadModel() {
   try {
-    const response = await fetch(base + "v1/models");
+    const response = await fetch(base + "v1/models", { headers: authHeaders() });
+    if (response.status === 401 || response.status === 403) {
+      $("model").textContent = "model unknown until an API key is entered";
+      showMessage(`${await errorMessage(response)} (enter the key in the API key field)`);
+      return;
+    }
     if (!response.ok) throw new Error(await errorMessage(response));
     const m = (await response.json()).data[0];
     state.model = m;
@@ -77,13 +89,13 @@ function requestInit(fields) {
   const file = $("audio-prompt").files[0];
   const melody = $("melody-field").hidden ? undefined : $("melody").files[0];
   if (!file && !melody) {
-    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields) };
+    return { method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(fields) };
   }
   const form = new FormData();
   for (const [name, value] of Object.entries(fields)) form.append(name, value === null ? "" : String(value));
   if (file) form.append("audio_prompt", file);
   if (melody) form.append("melody", melody);
-  return { method: "POST", body: form };
+  return { method: "POST", headers: authHeaders(), body: form };
 }
 
 function audioContext() {
@@ -366,4 +378,10 @@ async function offerDownload(run, wav) {
 }
 
 $("form").addEventListener("submit", generate);
+$("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
+  clearMessage();
+  loadModel();
+});
 loadModel();
