@@ -10,9 +10,10 @@ For each export (batch 1, classifier-free guidance, sampling, 2 threads), after 
 - **stream**: ``stream(duration=10, chunk_seconds=1)``: each chunk's arrival time after the call, against its
   playback deadline. Playback starts when the first chunk arrives, so chunk i is due when the audio before it has
   played: ``first_arrival + chunk.start``. ``late_s`` > 0 is a buffering pause a listener hears.
-- **floor**: the bytes a decoder step must read (the decoder's weight files, plus the KV cache of both CFG rows
-  at the clip's mean position) over the memory bandwidth measured here (2 threads reading a 1 GiB buffer): the
-  step time no kernel can beat on this machine, and the clip time it implies, next to what is reached.
+- **floor**: the bytes a decoder step must read (the decoder's weights, embedding tables excepted, plus the KV
+  cache of both CFG rows at the clip's mean position) over the memory bandwidth measured here (2 threads reading
+  a 1 GiB buffer): the step time no kernel can beat on this machine, and the clip time it implies, next to what
+  is reached.
 
 transformers' own ``generate`` (fp32, same random weights, ``benchmarks/measure.py transformers``) is timed in the
 same run for ``--transformers-steps`` steps; its clip time is projected as steps x median ms/step (marked so).
@@ -54,7 +55,21 @@ def measure_bandwidth(threads: int, gib: float = 1.0, repeats: int = 3) -> float
 
 
 def _decoder_bytes(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in model_dir.glob("decoder.onnx*"))
+    """Weight bytes a decoder step reads: every initializer except the embedding tables (a Gather reads a row)."""
+    import onnx
+
+    graph = onnx.load(model_dir / "decoder.onnx", load_external_data=False).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for tensor in graph.initializer:
+        if consumers.get(tensor.name, set()) <= {"Gather"}:
+            continue
+        size = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        total += int(np.prod(tensor.dims, dtype=np.int64)) * size
+    return total
 
 
 def _cache_bytes_per_position(manifest) -> int:
