@@ -154,7 +154,7 @@ class AccessLogMiddleware:
     ``metrics``: returns the process's ``ServingMetrics`` (None: log only). ``echo_incoming_id=False`` when a
     proxy in front already echoes the id it forwarded (Ray Serve's proxy does: it sets ``x-request-id`` on the
     request, generated when the client sent none, and copies it into the response); the header is then added
-    here only when this middleware replaced an id that was not well formed, so it never appears twice.
+    here only when this middleware replaced an id that was not well formed, so a good id comes back once.
     """
 
     def __init__(
@@ -187,6 +187,9 @@ class AccessLogMiddleware:
         except asyncio.CancelledError:  # Ray cancels the handler when the client disconnects
             record.disconnected = True
             raise
+        except Exception:  # not mapped by a route: Starlette's outermost middleware answers 500
+            record.status = record.status or 500
+            raise
         finally:
             route = scope.get("route")
             record.route = getattr(route, "path", "unmatched")
@@ -215,10 +218,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def configure(stream=None) -> None:
     """Write the access log as bare JSON lines to ``stream`` (default stderr: Ray keeps a replica's stderr in
     its worker log and a container runtime collects it). Idempotent: one handler however often it is called."""
-    if any(getattr(h, "_musicgen_access", False) for h in access_logger.handlers):
+    if any(isinstance(h, _JsonLines) for h in access_logger.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _JsonLines(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._musicgen_access = True  # type: ignore[attr-defined]
     access_logger.addHandler(handler)
     access_logger.setLevel(logging.INFO)
+
+
+class _JsonLines(logging.StreamHandler):
+    """The access log's own handler (its type tells ``configure`` it is already there)."""

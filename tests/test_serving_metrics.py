@@ -263,3 +263,32 @@ def test_a_hung_up_stream_is_logged_when_it_ends_and_a_busy_server_429(served, c
     assert value(after, "musicgen_request_latency_seconds_count", stream="true") == value(
         before, "musicgen_request_latency_seconds_count", stream="true"
     )  # a disconnected stream is not a completed request
+
+
+def test_an_unmapped_failure_is_logged_as_500_and_the_log_handler_writes_bare_json_lines(caplog):
+    import io
+
+    from musicgen_onnx.serving import access_log
+
+    app = FastAPI()
+    app.add_middleware(AccessLogMiddleware)
+
+    @app.post(ROUTE)
+    async def broken(request: Request):
+        raise RuntimeError("not mapped to a response by the route")
+
+    buf = io.StringIO()
+    access_log.configure(buf)
+    access_log.configure(buf)  # idempotent: still one handler
+    handlers = [h for h in logging.getLogger(ACCESS_LOGGER).handlers if isinstance(h, logging.StreamHandler)]
+    try:
+        caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+        with pytest.raises(RuntimeError):  # Starlette answers 500, then re-raises to the server
+            asyncio.run(Call({"input": "x"}, {"X-Request-Id": "broken-1"}).run(app))
+    finally:
+        for h in handlers:
+            logging.getLogger(ACCESS_LOGGER).removeHandler(h)
+    assert len(handlers) == 1
+    written = [json.loads(text) for text in buf.getvalue().splitlines()]
+    assert [(w["id"], w["status"], w["outcome"]) for w in written] == [("broken-1", 500, "failed")]
+    assert _lines(caplog)["broken-1"]["route"] == ROUTE
