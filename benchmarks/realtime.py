@@ -54,6 +54,30 @@ def measure_bandwidth(threads: int, gib: float = 1.0, repeats: int = 3) -> float
     return best
 
 
+class OtherCpu:
+    """Share of the machine's CPU time used by other processes while the block runs (contention check)."""
+
+    def __enter__(self) -> OtherCpu:
+        self.start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        end = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
+        self.percent = round(100 * max(0.0, busy - own) / (wall * (os.cpu_count() or 1)), 1)
+
+
+def _busy_seconds() -> float:
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _decoder_bytes(model_dir: Path) -> int:
     """Weight bytes a decoder step reads: every initializer except the embedding tables (a Gather reads a row)."""
     import onnx
@@ -105,12 +129,15 @@ def stream(model, duration: float, chunk: float, seed: int) -> dict[str, Any]:
         for piece in chunks:
             rows.append({"start_s": round(piece.start, 3), "seconds": round(piece.duration, 3),
                          "arrived_s": round(time.perf_counter() - started, 3)})  # fmt: skip
-    first = rows[0]["arrived_s"]
+    # a player that starts with the first chunk and, when the next one is not there yet, pauses until it is
+    played_until = rows[0]["arrived_s"]
     for row in rows:
-        row["deadline_s"] = round(first + row["start_s"], 3)
-        row["late_s"] = round(max(0.0, row["arrived_s"] - row["deadline_s"]), 3)
+        row["deadline_s"] = round(played_until, 3)  # when the audio before this chunk has finished playing
+        row["late_s"] = round(max(0.0, row["arrived_s"] - played_until), 3)
+        played_until = max(played_until, row["arrived_s"]) + row["seconds"]
+    rows[0]["late_s"] = 0.0  # the first chunk is the start-up wait (first_audio_s), not a pause
     return {
-        "first_audio_s": first,
+        "first_audio_s": rows[0]["arrived_s"],
         "total_s": rows[-1]["arrived_s"],
         "chunks": rows,
         "pauses": sum(row["late_s"] > 0 for row in rows),
@@ -125,8 +152,11 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
     with MusicGen.load(model_dir, provider="cpu", threads=args.threads) as model:
         manifest = model.manifest
         model.generate_detailed(TEXT, duration=1.0, seed=99)  # warm-up: allocations, first-run kernels
-        whole = whole_clip(model, args.duration, args.seed)
-        streamed = stream(model, args.duration, args.chunk, args.seed)
+        with OtherCpu() as whole_other:
+            whole = whole_clip(model, args.duration, args.seed)
+        with OtherCpu() as stream_other:
+            streamed = stream(model, args.duration, args.chunk, args.seed)
+        whole["other_cpu_percent"], streamed["other_cpu_percent"] = whole_other.percent, stream_other.percent
         steps = whole["steps"]
     weights = _decoder_bytes(model_dir)
     per_position = _cache_bytes_per_position(manifest)
@@ -181,22 +211,23 @@ def table(records: list[dict[str, Any]], transformers: dict[str, Any] | None, du
     base = records[-1]["whole"]["wall_s"]
     lines = [
         f"| export | KV cache | {duration:g} s clip wall | RTF | median step | vs {Path(records[-1]['export']).name} "
-        "| floor step | floor loop | first audio | stream pauses |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| floor step | floor loop | first audio | stream pauses | other CPU % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
         w, s, f = r["whole"], r["stream"], r["floor"]
         lines.append(
             f"| {Path(r['export']).name} ({r['precision']}) | {r['kv_cache']} | {w['wall_s']:.2f} s | "
             f"{w['rtf']:.2f} | {w['step_median_ms']:.1f} ms | {base / w['wall_s']:.2f}x | {f['step_ms']:.1f} ms | "
-            f"{f['decode_loop_s']:.1f} s | {s['first_audio_s']:.2f} s | {s['pauses']} ({s['paused_s']:.2f} s) |"
+            f"{f['decode_loop_s']:.1f} s | {s['first_audio_s']:.2f} s | {s['pauses']} ({s['paused_s']:.2f} s) | "
+            f"{w['other_cpu_percent']:g} / {s['other_cpu_percent']:g} |"
         )
     if transformers and "error" not in transformers:
         t = transformers
         lines.append(
             f"| transformers fp32 | - | {t['projected_clip_s']:.1f} s (projected) | "
             f"{t['projected_clip_s'] / duration:.2f} | {t['step_median_ms']:.1f} ms | "
-            f"{base / t['projected_clip_s']:.2f}x | | | | |"
+            f"{base / t['projected_clip_s']:.2f}x | | | | | |"
         )
     return "\n".join(lines)
 
