@@ -1,15 +1,21 @@
 """What a batched decoder step costs per prompt: step time by prompts in the batch and by position, and where
-the time goes by operator.
+the time goes by operator; several exports (e.g. an fp32 and an int8 KV cache) side by side.
 
-    python benchmarks/step_rows.py EXPORT_DIR [--positions 100 500 1000] [--prompts 1 2 3 4] [--profile-at 500]
-        [--threads 2] [--out benchmarks/results/step-rows-int8.json]
+    python benchmarks/step_rows.py EXPORT_DIR [EXPORT_DIR ...] [--positions 100 500 1000] [--prompts 1 2 3 4]
+        [--profile-at 500] [--threads 2] [--out benchmarks/results/step-rows-int8.json]
 
 Runs the continuous-batching engine's own step (``SlotDecoder``, the compact CPU layout) with every prompt at
 the same position, random token ids, and the cache pages written beforehand (a never-written calloc page reads
 as the shared zero page and would make the first steps look slow). Each cell is the median of ``--repeats``
-steps after two warm-up steps. ``--profile-at P`` adds onnxruntime's per-operator profile at position P for 1 and
-for the largest prompt count: the kernel time per step of each operator type (profiling adds overhead; read the
-shares, not the totals).
+steps after two warm-up steps; with several exports the cells are measured interleaved (position, prompts, then
+each export), so a change in the machine's speed hits every export alike.
+
+Each cell also gets its floor: the bytes a step must read (MatMul weights once, then per row its cross K/V and
+its KV cache up to the position) over the read bandwidth that ``--bandwidth`` measures here (onnxruntime's
+ReduceSum over 256 MB with the same threads). ``--profile-at P`` adds onnxruntime's per-operator profile at
+position P for 1 and for the largest prompt count: the kernel time per step of each operator type (profiling
+adds overhead; read the shares, not the totals), and where a step's wall time goes outside the kernels: the
+Python step (``SlotDecoder.step``), onnxruntime's ``model_run``, and the kernels' sum.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
+
 
 def _decoder(engine, session, slots: int, length: int):
     from musicgen_onnx.runtime.slots import SlotDecoder
@@ -34,8 +42,53 @@ def _decoder(engine, session, slots: int, length: int):
     for slot in range(slots):
         decoder.set_text(slot, [kv[0] for kv in conditioning.cross_kv], conditioning.text_mask[0])
     for cache in decoder.cache:
-        cache.fill(0.01)  # touch every page: the real loop writes a position before reading it
+        cache.fill(1 if cache.dtype == np.int8 else 0.01)  # touch every page: the loop writes before it reads
     return decoder
+
+
+def _weight_bytes(engine) -> int:
+    """Bytes of the initializers the decoder's matrix multiplies read (every step reads each once)."""
+    import onnx
+
+    model = onnx.load(str(engine.model_dir / engine.manifest.graphs["decoder"].file), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+             for t in model.graph.initializer}  # fmt: skip
+    return sum(sizes.get(name, 0) for node in model.graph.node if node.op_type in MATMUL_OPS for name in node.input)
+
+
+def _step_bytes(decoder, weights: int, prompts: int, position: int) -> int:
+    """What one step over ``prompts`` slots at ``position`` must read: weights, then per row its text K/V and
+    its cache (K and V, every layer) over ``position + 1`` positions."""
+    rows = 2 * prompts
+    cross = sum(c[:rows].nbytes for c in decoder.cross)
+    per_position = sum(c[:rows, :, :1].nbytes for c in decoder.cache)
+    return weights + cross + per_position * (position + 1)
+
+
+def read_bandwidth(threads: int, megabytes: int = 256, repeats: int = 7) -> float:
+    """Bytes per second onnxruntime reads with ``threads`` threads: median ReduceSum over ``megabytes``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rows = 2048
+    columns = megabytes * (1 << 20) // (4 * rows)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    graph = helper.make_graph(
+        [node], "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, columns])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.ones((rows, columns), np.float32)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - started)
+    return x.nbytes / statistics.median(times)
 
 
 def _steps(decoder, prompts: int, position: int, count: int, rng) -> list[float]:
@@ -61,18 +114,32 @@ def _profile(engine, args, prompts: int, length: int) -> dict:
         )
         decoder = _decoder(engine, session, max(args.prompts), length)
         rng = np.random.default_rng(1)
-        _steps(decoder, prompts, args.profile_at, args.repeats, rng)
+        step_ms = _steps(decoder, prompts, args.profile_at, args.repeats + 2, rng)[2:]  # two warm-up steps
         events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-args.repeats :]
+    first = runs[0]["ts"]
     per_op: collections.Counter = collections.Counter()
     for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first:
             per_op[event["args"]["op_name"]] += event["dur"]
-    return {op: round(us / args.repeats / 1000, 2) for op, us in per_op.most_common(8)}
+    kernels = sum(per_op.values()) / args.repeats / 1000
+    ops = {op: round(us / args.repeats / 1000, 2) for op, us in per_op.most_common(8)}
+    wall = {
+        "python_step": statistics.median(step_ms),  # SlotDecoder.step: Python + binding + model_run
+        "model_run": statistics.median(e["dur"] / 1000 for e in runs),  # onnxruntime's Run
+        "kernels": kernels,  # mean sum of kernel times: the rest of model_run is the executor's own
+    }
+    return {"ops": ops, "wall_ms": {k: round(v, 2) for k, v in wall.items()}}
+
+
+def _label(engine) -> str:
+    m = engine.manifest
+    return f"{m.precision} weights, {m.decoder.kv_cache} cache"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("export_dirs", type=Path, nargs="+")
     parser.add_argument("--positions", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--repeats", type=int, default=12)
@@ -83,31 +150,50 @@ def main(argv: list[str] | None = None) -> int:
 
     from musicgen_onnx.runtime.engine import Engine
 
-    engine = Engine.open(args.export_dir, provider="cpu", threads=args.threads)
     length = max([*args.positions, args.profile_at or 0]) + args.repeats + 4
-    decoder = _decoder(engine, engine.decoder, max(args.prompts), length)
+    engines = [Engine.open(d, provider="cpu", threads=args.threads) for d in args.export_dirs]
+    decoders = [_decoder(e, e.decoder, max(args.prompts), length) for e in engines]
+    weights = [_weight_bytes(e) for e in engines]
+    bandwidth = read_bandwidth(args.threads)
+    print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
     rng = np.random.default_rng(0)
-    table: dict[str, dict[str, float]] = {}
+    tables: list[dict] = [{} for _ in engines]
+    floors: list[dict] = [{} for _ in engines]
     for position in args.positions:
-        row = {}
         for prompts in args.prompts:
-            times = _steps(decoder, prompts, position, args.repeats + 2, rng)[2:]
-            row[str(prompts)] = round(statistics.median(times), 1)
-        table[str(position)] = row
-        print(f"position {position}: " + ", ".join(f"{p} prompts {t} ms" for p, t in row.items()), file=sys.stderr)
-    record = {"export_dir": str(args.export_dir), "threads": args.threads, "step_ms": table}
+            for table, floor, decoder, weight in zip(tables, floors, decoders, weights, strict=True):
+                times = _steps(decoder, prompts, position, args.repeats + 2, rng)[2:]
+                table.setdefault(str(position), {})[str(prompts)] = round(statistics.median(times), 1)
+                step_bytes = _step_bytes(decoder, weight, prompts, position)
+                floor.setdefault(str(position), {})[str(prompts)] = round(1000 * step_bytes / bandwidth, 1)
+        for engine, table in zip(engines, tables, strict=True):
+            row = table[str(position)]
+            print(f"{_label(engine)}, position {position}: " + ", ".join(f"{p} prompts {t} ms" for p, t in row.items()),
+                  file=sys.stderr)  # fmt: skip
+    record = {
+        "threads": args.threads,
+        "read_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "exports": [
+            {"export_dir": str(e.model_dir), "label": _label(e), "weight_bytes": w, "step_ms": t, "floor_ms": f}
+            for e, w, t, f in zip(engines, weights, tables, floors, strict=True)
+        ],
+    }
     if args.profile_at is not None:
         record["profile_position"] = args.profile_at
-        record["profile_ms_per_step"] = {
-            str(p): _profile(engine, args, p, length) for p in sorted({min(args.prompts), max(args.prompts)})
-        }
-    header = "| position | " + " | ".join(f"{p} prompt{'s' if p > 1 else ''}" for p in args.prompts) + " |"
-    print(header)
-    print("|" + " --- |" * (len(args.prompts) + 1))
-    for position, row in table.items():
-        print(f"| {position} | " + " | ".join(f"{row[str(p)]}" for p in args.prompts) + " |")
-    for prompts, ops in record.get("profile_ms_per_step", {}).items():
-        print(f"profile, {prompts} prompt(s) at position {args.profile_at}: {ops}")
+        for engine, entry in zip(engines, record["exports"], strict=True):
+            entry["profile_ms_per_step"] = {
+                str(p): _profile(engine, args, p, length) for p in sorted({min(args.prompts), max(args.prompts)})
+            }
+    header = "| export | position | " + " | ".join(f"{p} prompt{'s' if p > 1 else ''} (floor)" for p in args.prompts)
+    print(header + " |")
+    print("|" + " --- |" * (len(args.prompts) + 2))
+    for entry in record["exports"]:
+        for position, row in entry["step_ms"].items():
+            cells = [f"{row[str(p)]} ({entry['floor_ms'][position][str(p)]})" for p in args.prompts]
+            print(f"| {entry['label']} | {position} | " + " | ".join(cells) + " |")
+    for entry in record["exports"]:
+        for prompts, profile in entry.get("profile_ms_per_step", {}).items():
+            print(f"profile, {entry['label']}, {prompts} prompt(s) at position {args.profile_at}: {profile}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")

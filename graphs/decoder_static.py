@@ -15,6 +15,8 @@ generation's full length, and the attention length is an input:
 
 Bind the same OrtValue as ``past_key.i`` input and ``present_key.i`` output (IOBinding) and the
 cache is updated in place: a step's cost no longer includes copying the whole cache (docs/design.md §6).
+This graph is traced and validated with a float cache; ``--kv-cache static-int8`` then rewrites its
+GroupQueryAttention nodes to keep the cache in int8 with calibrated scales (``export.kv_quant``).
 Q/K/V projections and the K lm_heads are each fused into one matrix multiply.
 
 Positions are per row (manifest format 3) so that rows at different points of their generation share one
