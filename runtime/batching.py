@@ -217,6 +217,15 @@ class BatchEngine:
             return len(self._runs)
 
     @property
+    def has_work(self) -> bool:
+        """Runs in flight or parts the loop has not taken from the queue yet, cancelled ones included.
+
+        Only the loop removes a part cancelled while it waited, so a loop that makes no step keeps it: a
+        watchdog asks this, not ``queued``, or a stalled loop whose waiting client gave up would look idle."""
+        with self._lock:
+            return bool(self._runs or self._pending)
+
+    @property
     def queued(self) -> int:
         """Requests accepted and waiting for free slots (a split call whose rows wait counts once)."""
         with self._lock:

@@ -220,7 +220,7 @@ class MusicGenService:
         report = {"status": "ok", "pid": os.getpid(), "rss_mb": _rss_mb(), "in_flight": self.in_flight}
         batcher = self.model.batcher
         if batcher is not None:
-            busy = batcher.active + batcher.queued > 0
+            busy = batcher.has_work  # cancelled-but-unreaped parts count: only a stepping loop reaps
             now = time.monotonic()
             if batcher.steps != self._watch_steps or not busy:
                 self._watch_steps, self._watch_since = batcher.steps, now

@@ -207,6 +207,24 @@ def test_queue_limit_is_a_distinct_error_and_cancel_frees_the_slot(exported_mono
         assert running.codes.shape[-1] < 400  # stopped long before its 8 s
 
 
+def test_a_stalled_loop_still_has_work_after_its_waiting_client_cancels(exported_mono):
+    """The serving watchdog asks ``has_work``: a request cancelled while the loop is stuck leaves ``queued``
+    at once, but only a stepping loop reaps it, so the stall must stay visible (else no replacement)."""
+    with MusicGen.load(exported_mono, provider="cpu", max_batch=1) as model:
+        batcher = model.batcher
+        batcher.suspend(30)
+        waiting = model.submit(TEXTS[0], duration=0.5, do_sample=False)
+        assert batcher.queued == 1 and batcher.has_work
+        waiting.cancel()
+        assert batcher.queued == 0
+        assert batcher.has_work
+        batcher.suspend(0)  # the loop steps again, reaps the cancelled part and is idle
+        deadline = time.monotonic() + 10
+        while batcher.has_work and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not batcher.has_work
+
+
 def test_requests_that_can_never_fit_are_refused(exported_mono):
     with MusicGen.load(exported_mono, provider="cpu", max_batch=2, max_seconds=2.0) as model:
         with pytest.raises(ValueError, match=r"3 prompts but the model was loaded with max_batch=2"):
