@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--max-kl", type=float, default=MAX_CODEBOOK_KL, help="gate: mean KL per codebook (nats)")
-    p.add_argument("--json", help="write the JSON records here")
+    p.add_argument("--json", "--out", help="write the JSON records here")
     args = p.parse_args(argv)
     texts = tuple(args.text) if args.text else TEXTS
     ref = MusicGen.load(args.reference, provider="cpu", threads=args.threads)
