@@ -118,10 +118,11 @@ def stereo_app(cluster, exported_stereo) -> str:
 
 @pytest.fixture(scope="session")
 def melody_app(cluster, exported_melody_stereo) -> str:
-    """The tiny stereo melody export at "/melody": 2 slots, 2 waiting, 0.5 s stream chunks; half a CPU reserved."""
+    """The tiny stereo melody export at "/melody": 2 slots, 4 waiting (so 4 concurrent clients are never refused,
+    even before the loop has admitted the first ones), 0.5 s stream chunks; half a CPU reserved."""
     from serving_fixtures import run_app
 
-    args = dict(model_dir=str(exported_melody_stereo), threads=1, max_batch=2, max_queued=2, chunk_seconds=0.5)
+    args = dict(model_dir=str(exported_melody_stereo), threads=1, max_batch=2, max_queued=4, chunk_seconds=0.5)
     args.update(warmup_seconds=0.2, num_cpus=0.5, max_upload_bytes=2_000_000)
     return run_app(args, "melody", "/melody", cluster)
 

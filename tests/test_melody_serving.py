@@ -56,7 +56,7 @@ def test_melody_upload_at_any_rate_equals_the_library(melody_app, local):
 
 
 def test_concurrent_melody_requests_equal_their_solo_runs(melody_app, local):
-    """Four clients, different melodies, texts and durations, against 2 slots + 2 waiting: all in the engine."""
+    """Four clients, different melodies, texts and durations, against 2 slots + 4 waiting: all in the engine."""
     specs = [
         ("a rock song", 1.0, 1, tune(1.5, sr=RATE, channels=1)),
         ("calm piano with soft strings", 1.5, 2, tune(2.5, sr=RATE, notes=(220.0, 277.18), channels=2)),
