@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from mixed_rows import assert_slot0_independent
 from musicgen_onnx.runtime import MusicGen, QueueFullError, RequestCancelledError
 from musicgen_onnx.runtime.batching import BatchEngine
 from musicgen_onnx.runtime.slots import SlotDecoder
@@ -109,29 +110,7 @@ def test_row_logits_in_a_mixed_batch_equal_the_row_alone(stereo):
     tokens = rng.integers(0, d.vocab_size, (30, d.num_codebooks))
     conds = [engine.condition([text], 1) for text in TEXTS[:3]]
 
-    def run(other_rows: bool) -> list[np.ndarray]:
-        dec = SlotDecoder(engine.decoder, engine.manifest, slots=3, length=64)
-        for slot, cond in enumerate(conds):
-            dec.set_text(slot, [kv[0] for kv in cond.cross_kv], cond.text_mask[0])
-        out, lead = [], 7 if other_rows else 0
-        for t in range(lead + len(tokens)):
-            dec.ids[:] = d.pad_token_id
-            dec.positions[:] = 0
-            if other_rows:  # slots 1 and 2 started earlier, at different times
-                for slot, start in ((1, 0), (2, 3)):
-                    dec.ids[2 * slot : 2 * slot + 2, :, 0] = rng.integers(0, d.vocab_size, d.num_codebooks)
-                    dec.positions[2 * slot : 2 * slot + 2] = max(0, t - start)
-            if t >= lead:
-                dec.ids[0:2, :, 0] = tokens[t - lead]
-                dec.positions[0:2] = t - lead
-                logits = dec.step(6 if other_rows else 2)
-                out.append(logits[0:2].copy())
-            else:
-                dec.step(6)
-        return out
-
-    for mixed, alone in zip(run(True), run(False), strict=True):
-        np.testing.assert_allclose(mixed, alone, atol=1e-4, rtol=0)
+    assert_slot0_independent(engine, conds, tokens, rng, length=64, lead=7)
 
 
 def test_a_step_over_the_busy_rows_only_equals_the_step_over_all(stereo):

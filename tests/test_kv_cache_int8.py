@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from mixed_rows import assert_slot0_independent
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.engine import Engine
 from musicgen_onnx.runtime.manifest import KVCache, Manifest
@@ -118,28 +119,7 @@ def test_rows_at_different_positions_stay_independent(exported_int8_cache):
     tokens = rng.integers(0, d.vocab_size, (10, d.num_codebooks))
     conds = [engine.condition([text], 1) for text in TEXTS]
 
-    def run(other_rows: bool) -> list[np.ndarray]:
-        dec = SlotDecoder(engine.decoder, engine.manifest, slots=3, length=32)
-        for slot, cond in enumerate(conds):
-            dec.set_text(slot, [kv[0] for kv in cond.cross_kv], cond.text_mask[0])
-        out, lead = [], 5 if other_rows else 0
-        for t in range(lead + len(tokens)):
-            dec.ids[:] = d.pad_token_id
-            dec.positions[:] = 0
-            if other_rows:  # slots 1 and 2 started earlier, at different times
-                for slot, start in ((1, 0), (2, 3)):
-                    dec.ids[2 * slot : 2 * slot + 2, :, 0] = rng.integers(0, d.vocab_size, d.num_codebooks)
-                    dec.positions[2 * slot : 2 * slot + 2] = max(0, t - start)
-            if t >= lead:
-                dec.ids[0:2, :, 0] = tokens[t - lead]
-                dec.positions[0:2] = t - lead
-                out.append(dec.step(6 if other_rows else 2)[0:2].copy())
-            else:
-                dec.step(6)
-        return out
-
-    for mixed, alone in zip(run(True), run(False), strict=True):
-        np.testing.assert_allclose(mixed, alone, atol=1e-4, rtol=0)
+    assert_slot0_independent(engine, conds, tokens, rng, length=32, lead=5)
 
 
 def test_generation_with_the_int8_cache(exported_int8_cache, exported_stereo):
