@@ -25,7 +25,9 @@ from pathlib import Path
 from musicgen_onnx.export.precision_plan import (
     INT4_B32,
     INT4_B128,
+    INT4_B256,
     INT8,
+    INT8_B256,
     PLANS,
     Module,
     PrecisionPlan,
@@ -54,6 +56,15 @@ CANDIDATES: dict[str, PrecisionPlan] = {
     **{
         f"int4-ffn-{where}8": PrecisionPlan(f"int4-ffn-{where}8", INT8, (Rule(INT4_B128, FFN, layers=span),))
         for where, span in (("first", (0, 8)), ("mid", (8, 16)), ("last", (16, 24)))
+    },
+    # 8-bit block weights (MatMulNBits bits 8, block 256): the int8 bytes with a faster two-row kernel here
+    "int8-b256": PrecisionPlan("int8-b256", INT8_B256),
+    **{
+        f"b256-ffn{n}-int4b{block}": PrecisionPlan(
+            f"b256-ffn{n}-int4b{block}", INT8_B256, (Rule(fmt, FFN, layers=(-n, None)),)
+        )
+        for n in (10, 12, 14, 16)
+        for block, fmt in ((128, INT4_B128), (256, INT4_B256))
     },
 }
 

@@ -8,8 +8,9 @@ without ever holding the model's weights:
 - int8: every MatMul with a constant B -> DynamicQuantizeLinear(A) -> MatMulInteger -> Cast -> Mul(scales),
   weights per-tensor symmetric int8 (``quant_utils.quantize_data``), as ``quantize_dynamic(QInt8,
   per_channel=False, MatMulConstBOnly=True)``;
-- int4: MatMul -> com.microsoft MatMulNBits (block 128, symmetric, accuracy_level 4), blocks quantized by
-  onnxruntime's C++ ``quantize_matmul_4bits`` (``DefaultWeightOnlyQuantizer.qbits_block_quant``);
+- int4 / int8 blocks: MatMul -> com.microsoft MatMulNBits (bits 4 or 8, symmetric, accuracy_level 4), blocks
+  quantized by onnxruntime's C++ ``quantize_matmul_4bits`` / ``quantize_matmul_8bits``
+  (``DefaultWeightOnlyQuantizer.qbits_block_quant``);
 - fp16: ``convert_float_to_float16`` rewrites the graph (its initializers are data-less placeholders, so it
   only changes their type) and each float32 weight is converted with its ``convert_np_to_float16`` as written.
 """
@@ -28,7 +29,8 @@ from .weightless import WeightlessGraph, _placeholder
 
 logger = logging.getLogger("musicgen_onnx")
 
-INT4_ACCURACY_LEVEL = 4
+#: int8 activations (per block) in MatMulNBits: the fast CPU kernels (fp32 activations run ~10x slower)
+NBITS_ACCURACY_LEVEL = 4
 
 
 def precision_changes(role: str, precision: str | PrecisionPlan) -> bool:
@@ -144,36 +146,41 @@ def _int8_nodes(graph: WeightlessGraph, node, weight: Lazy, activations: set, we
     return nodes
 
 
-def _int4_node(graph: WeightlessGraph, node, weight: Lazy, block_size: int, quantizers: dict):
-    """One MatMul as ``MatMulNBitsQuantizer`` rewrites it (symmetric blocks, accuracy level 4)."""
+def _nbits_node(graph: WeightlessGraph, node, weight: Lazy, fmt: MatMulFormat, quantizers: dict):
+    """One MatMul as ``MatMulNBitsQuantizer`` rewrites it (symmetric blocks, accuracy level 4), 4 or 8 bits."""
     from onnx import helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
     )
 
-    if block_size not in quantizers:
-        quantizers[block_size] = DefaultWeightOnlyQuantizer(
-            DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL)
+    bits, block_size = fmt.bits, fmt.block_size
+    key = (bits, block_size)
+    if key not in quantizers:
+        quantizers[key] = DefaultWeightOnlyQuantizer(
+            DefaultWeightOnlyQuantConfig(
+                block_size=block_size, is_symmetric=True, accuracy_level=NBITS_ACCURACY_LEVEL, bits=bits
+            )
         )
-    quantizer = quantizers[block_size]
+    quantizer = quantizers[key]
     rows, cols = weight.shape
     k_blocks = (rows + block_size - 1) // block_size
-    blob = (block_size + 1) // 2
+    blob = (block_size * bits + 7) // 8
     shared = _Shared(lambda: quantizer.qbits_block_quant(weight.compute())[:2], 2)
     w = node.input[1]
-    _add(graph, w + "_Q4", Part(shared, 0, (cols, k_blocks, blob), np.uint8))
+    suffix = f"_Q{bits}"
+    _add(graph, w + suffix, Part(shared, 0, (cols, k_blocks, blob), np.uint8))
     _add(graph, w + "_scales", Part(shared, 1, (cols, k_blocks), np.float32))
     return helper.make_node(
         "MatMulNBits",
-        [node.input[0], w + "_Q4", w + "_scales"],
+        [node.input[0], w + suffix, w + "_scales"],
         [node.output[0]],
-        node.name + "_Q4" if node.name else "",
+        node.name + suffix if node.name else "",
         domain="com.microsoft",
         K=rows,
         N=cols,
-        accuracy_level=INT4_ACCURACY_LEVEL,
-        bits=4,
+        accuracy_level=NBITS_ACCURACY_LEVEL,
+        bits=bits,
         block_size=block_size,
     )
 
@@ -201,26 +208,26 @@ def apply_plan(graph: WeightlessGraph, plan: PrecisionPlan) -> dict[str, int]:
     num_layers = max(layers) + 1 if layers else 0
     nodes, activations, weights_done, quantizers = [], set(), set(), {}
     counts: dict[str, int] = {}
-    any_int4 = False
+    any_nbits = False
     for node, target in zip(list(graph.model.graph.node), targets, strict=True):
         if target is None:
             nodes.append(node)
             continue
         weight, module, layer = target
         fmt = plan.format_for(module, layer, num_layers)
-        if fmt.weights is WeightFormat.INT4 and len(weight.shape) != 2:
+        if fmt.bits is not None and len(weight.shape) != 2:
             fmt = MatMulFormat(WeightFormat.FP32)
         counts[fmt.label] = counts.get(fmt.label, 0) + 1
         if fmt.weights is WeightFormat.INT8:
             nodes += _int8_nodes(graph, node, weight, activations, weights_done)
-        elif fmt.weights is WeightFormat.INT4:
-            nodes.append(_int4_node(graph, node, weight, fmt.block_size, quantizers))
-            any_int4 = True
+        elif fmt.bits is not None:
+            nodes.append(_nbits_node(graph, node, weight, fmt, quantizers))
+            any_nbits = True
         else:
             nodes.append(node)
     del graph.model.graph.node[:]
     graph.model.graph.node.extend(nodes)
-    if any_int4:
+    if any_nbits:
         _ensure_ms_domain(graph.model)
     _drop_unused(graph)
     return counts

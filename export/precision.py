@@ -63,13 +63,22 @@ def quantize_int8(path: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def quantize_int4(path: Path, block_size: int = 128) -> None:
-    """4-bit block-wise weights (MatMulNBits, accuracy level 4 = int8 activations on CPU)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def quantize_int4(path: Path, block_size: int = 128, bits: int = 4) -> None:
+    """Block-wise weights (MatMulNBits, accuracy level 4 = int8 activations on CPU), 4 or 8 bits."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
-    quantizer = MatMulNBitsQuantizer(load_onnx(path), block_size=block_size, is_symmetric=True, accuracy_level=4)
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
+    quantizer = MatMulNBitsQuantizer(load_onnx(path), algo_config=config)
     quantizer.process()
     save_onnx(quantizer.model.model, path)
+
+
+def quantize_int8_blocks(path: Path) -> None:
+    """8-bit block-wise weights, blocks of 256 (MatMulNBits bits 8)."""
+    quantize_int4(path, block_size=256, bits=8)
 
 
 def convert_fp16(path: Path, keep_inputs: tuple[str, ...] = ()) -> None:
@@ -96,6 +105,6 @@ def apply_precision(role: str, path: Path, precision: str) -> bool:
     if precision == "fp16":
         convert_fp16(path, ("encoder_hidden_states",) if role == "cross_kv" else ())
     else:
-        {"int8": quantize_int8, "int4": quantize_int4}[precision](path)
+        {"int8": quantize_int8, "int4": quantize_int4, "int8-blocks": quantize_int8_blocks}[precision](path)
     logger.info("%-15s converted to %s", role, precision)
     return True

@@ -99,7 +99,7 @@ class EncodecDecodeStateful(nn.Module):
     def _measure_reach(self, frames: int) -> tuple[int, int]:
         hop = 1
         for layer in self.post.layers:
-            inner = getattr(layer, "conv", None)
+            inner = getattr(getattr(layer, "inner", layer), "conv", None)  # a traceable wrapper holds the layer
             if isinstance(inner, nn.ConvTranspose1d):
                 hop *= int(inner.stride[0])
         generator = torch.Generator().manual_seed(0)

@@ -91,7 +91,13 @@ ALL_ROLES = {"text_encoder", "cross_kv", "decoder", "sampler", "encodec_decode",
 
 @pytest.mark.parametrize(
     ("precision", "roles"),
-    [("fp32", ALL_ROLES), ("int8", {"decoder"}), ("int4", {"decoder"}), ("fp16", {"decoder", "cross_kv"})],
+    [
+        ("fp32", ALL_ROLES),
+        ("int8", {"decoder"}),
+        ("int4", {"decoder"}),
+        ("int8-blocks", {"decoder"}),
+        ("fp16", {"decoder", "cross_kv"}),
+    ],
 )
 def test_same_outputs_as_the_whole_model_exporter(tiny_stereo_checkpoint, exported_stereo, tmp_path, precision, roles):
     if precision == "fp32":

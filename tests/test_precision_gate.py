@@ -18,7 +18,9 @@ import pytest
 from musicgen_onnx.export import export_model
 from musicgen_onnx.export.precision_plan import (
     INT4_B32,
+    INT4_B128,
     INT8,
+    INT8_B256,
     PLANS,
     MatMulFormat,
     Module,
@@ -89,6 +91,25 @@ def test_int8_passes_with_measurable_drift(fp32_model, int8_export):
     assert record.audio_snr_db > 10
 
 
+def test_int8_blocks_export_passes_the_gate(fp32_model, tiny_stereo_checkpoint, tmp_path):
+    """``--precision int8-blocks``: every decoder MatMul is an 8-bit MatMulNBits (block 256), none MatMulInteger,
+    and the variant stays within the gate (the tiny decoder's K of 64 is one padded block)."""
+    out = tmp_path / "blocks"
+    export_model(str(tiny_stereo_checkpoint), out, precision="int8-blocks", include_audio_encoder=False)
+    manifest = Manifest.load(out)
+    assert manifest.precision == "int8-blocks"
+    assert manifest.precision_plan["matmuls"] == {"int8/b256": 13}
+    graph = onnx.load(out / "decoder.onnx", load_external_data=False).graph
+    attrs = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(attrs) == 13 and all(a["bits"] == 8 and a["block_size"] == 256 for a in attrs)
+    assert not any(n.op_type in ("MatMulInteger", "MatMul") and n.input[1] in {t.name for t in graph.initializer}
+                   for n in graph.node)  # fmt: skip
+    with MusicGen.load(out) as var:
+        record = compare(fp32_model, var, steps=STEPS)
+    assert 0 < record.mean_kl <= MAX_CODEBOOK_KL, record.kl_per_codebook
+    assert record.passed and record.top1_agreement > 0.9
+
+
 def test_a_bad_variant_is_flagged(fp32_model, exported_stereo, tmp_path):
     bad = _scaled_lm_head(exported_stereo, tmp_path / "bad", 1.5)
     with MusicGen.load(bad) as var:
@@ -129,6 +150,9 @@ def test_plan_rules_first_match_wins():
         Rule(INT8, edge_layers=1, layers=(0, 2))
     with pytest.raises(ValueError, match="block_size must be one of"):
         MatMulFormat(WeightFormat.INT4, 100)
+    with pytest.raises(ValueError, match=r"int8 block block_size must be one of \(16, 32, 64, 128, 256\), got 512"):
+        MatMulFormat(WeightFormat.INT8_BLOCKS, 512)
+    assert MatMulFormat(WeightFormat.INT8_BLOCKS, 256).label == "int8/b256"
 
 
 def test_mixed_plan_export(tiny_stereo_checkpoint, tmp_path):
@@ -170,4 +194,5 @@ def test_preset_exports_with_its_kv_cache(tmp_path):
     assert preset.kv_cache == "static-int8"
     assert _default_kv_cache("cpu-fast") == "static-int8"
     assert _default_kv_cache("int8") == "static"
-    assert preset.format_for(Module.LM_HEAD, None, 24) == INT8
+    assert preset.format_for(Module.LM_HEAD, None, 24) == INT8_B256
+    assert preset.format_for(Module.FFN, 14, 24) == INT4_B128 and preset.format_for(Module.FFN, 13, 24) == INT8_B256
