@@ -161,3 +161,22 @@ def step_summary(step_times: list[float]) -> dict[str, Any]:
         # past length of step i is i: no audio prompt, one start token, one new column per step
         "step_times_ms": [round(t * 1e3, 4) for t in step_times],
     }
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model and its vector-instruction flags: which quantized kernels are fastest depends on them
+    (AVX-512 VNNI or AVX2 only, docs/design.md §8), so every CPU speed record should say which CPU it ran on."""
+    import platform
+    from pathlib import Path
+
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("?", "", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    vector = sorted(flag for flag in flags if flag.startswith(("avx", "amx")) or "vnni" in flag)
+    return {"cpu_model": model, "cpu_flags": vector}

@@ -66,6 +66,9 @@ CANDIDATES: dict[str, PrecisionPlan] = {
         for n in (10, 12, 14, 16)
         for block, fmt in ((128, INT4_B128), (256, INT4_B256))
     },
+    # the first cpu-fast (2026-12-04 morning): per-tensor int8 with int4 FFN in the last 10 layers; on AVX2-only
+    # CPUs per-tensor int8 can be the faster 8-bit kernel (benchmarks/matmul_formats.py)
+    "int8-ffn10-int4b128": PrecisionPlan("int8-ffn10-int4b128", INT8, (Rule(INT4_B128, FFN, layers=(-10, None)),)),
 }
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measure_common import cpu_description
 
 HERE = Path(__file__).resolve().parent
 TEXT = "80s synthwave with a driving bassline and bright arpeggios"
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_s": args.chunk,
         "threads": args.threads,
         "read_bandwidth_gbs": round(bandwidth / 1e9, 2),
+        **cpu_description(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "exports": records,

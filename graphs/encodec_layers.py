@@ -11,8 +11,9 @@ whose indices depend only on tensor arithmetic, which the exporter keeps dynamic
 ``TraceableConvTranspose1d`` computes the upsampling transposed convolutions as an ordinary convolution
 over the input frames followed by an interleave ("sub-pixel" form): output sample ``q * s + r`` (stride
 ``s``, phase ``r``) is a ``ceil(K / s)``-tap convolution of the input with the kernel taps ``r, r + s, ...``.
-Same multiply-adds, but onnxruntime's CPU Conv (blocked NCHWc kernels) runs it ~4x faster than its
-ConvTranspose, which was 40 % of a decode (docs/design.md §10):
+Same multiply-adds; onnxruntime's CPU Conv (blocked NCHWc kernels) runs them in ~0.77x the time of its
+ConvTranspose (40 % of a decode before), and with the interleave's Transpose a decode is ~5 % faster
+(docs/design.md §10): the convolutions are compute-bound either way.
 
     x [N, Cin, T] ─> zero-pad P - 1 each side ─> Conv (Cout * s channels, P = K / s taps) ─> [N, Cout * s, T + P - 1]
       ─> reshape [N, Cout, s, T + P - 1] ─> transpose ─> [N, Cout, (T + P - 1) * s] ─> trim as EnCodec does
