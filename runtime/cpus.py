@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["available_cpus", "cgroup_cpu_limit"]
+__all__ = ["available_cpus", "block_weights_advice", "cgroup_cpu_limit", "cpu_vector_flags"]
 
 
 def _read(path: Path) -> str | None:
@@ -104,3 +104,40 @@ def available_cpus() -> int:
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))
     return max(1, cpus)
+
+
+#: CPU flags (as /proc/cpuinfo names them) under which onnxruntime's 8-bit MatMulNBits kernel beat per-tensor
+#: int8 in our measurements; without them (AVX2 only) it ran 1.4x slower at one prompt, 2.2x at four
+#: (benchmarks/matmul_formats.py, docs/design.md §8)
+_NBITS_FAST_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def cpu_vector_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's flags from /proc/cpuinfo (first processor), None where that file is missing (not Linux)."""
+    text = _read(cpuinfo)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+def block_weights_advice(precision_plan: dict, flags: frozenset[str] | None) -> str | None:
+    """A warning when an export's 8-bit block weights will run slower here than per-tensor int8, else None.
+
+    Why at load: the export is made on one machine and served on another, and which 8-bit format is faster
+    depends on the serving CPU's instructions. Only x86 CPUs without VNNI are flagged (AVX2 present, no
+    AVX-512 / AVX VNNI); other CPUs, or an unknown CPU, get no advice.
+    """
+    formats = precision_plan.get("matmuls", {}) if isinstance(precision_plan, dict) else {}
+    block8 = sum(count for label, count in formats.items() if str(label).startswith("int8/b"))
+    if not block8 or flags is None or "avx2" not in flags or flags & _NBITS_FAST_FLAGS:
+        return None
+    name = precision_plan.get("name", "?")
+    return (
+        f"this export ({name}) has {block8} decoder MatMuls with 8-bit block weights (MatMulNBits); on this CPU "
+        "(AVX2, no AVX-512 VNNI or AVX-VNNI) that kernel runs slower than per-tensor int8 (measured 1.4x at one "
+        "prompt, 2.2x at four): for speed here, export with --precision int8 --kv-cache static-int8 "
+        "(benchmarks/matmul_formats.py measures this node; docs/design.md §8)"
+    )

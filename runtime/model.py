@@ -12,6 +12,7 @@ import numpy as np
 
 from .audio import prepare_prompt_audio
 from .batching import BatchEngine
+from .cpus import block_weights_advice, cpu_vector_flags
 from .engine import Engine
 from .job import GenerationRequest
 from .manifest import Manifest
@@ -90,6 +91,10 @@ class MusicGen:
             allow_spinning=allow_spinning,
             fixed_buffers=fixed_buffers,
         )
+        if engine.device == "cpu":
+            advice = block_weights_advice(engine.manifest.precision_plan, cpu_vector_flags())
+            if advice:
+                logger.warning(advice)
         # concat caches, and melody checkpoints on fixed buffers (CUDA: a prefix is not token columns), run one
         # request at a time
         batcher = None
