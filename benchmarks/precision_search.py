@@ -57,7 +57,7 @@ CANDIDATES: dict[str, PrecisionPlan] = {
         f"int4-ffn-{where}8": PrecisionPlan(f"int4-ffn-{where}8", INT8, (Rule(INT4_B128, FFN, layers=span),))
         for where, span in (("first", (0, 8)), ("mid", (8, 16)), ("last", (16, 24)))
     },
-    # 8-bit block weights (MatMulNBits bits 8, block 256): the int8 bytes with a faster two-row kernel here
+    # 8-bit block weights (MatMulNBits bits 8, block 256): the int8 bytes with a faster two-row kernel on VNNI CPUs
     "int8-b256": PrecisionPlan("int8-b256", INT8_B256),
     **{
         f"b256-ffn{n}-int4b{block}": PrecisionPlan(

@@ -192,7 +192,8 @@ PLANS: dict[str, PrecisionPlan] = {
     # §8): int4 error costs far more in the first layers than in the last, and FFN weights less per byte than
     # attention, so the FFN of the last 10 of 24 layers is int4 and the rest (lm heads included) 8-bit blocks,
     # with the int8 KV cache. The 8-bit MatMuls are MatMulNBits blocks of 256 rather than per-tensor int8:
-    # same bytes, lower drift, and a faster two-row kernel on this CPU.
+    # 2 % more bytes, lower drift, and a faster two-row kernel on CPUs with VNNI (on AVX2-only CPUs per-tensor
+    # int8 is faster: the runtime warns there, runtime/cpus.py).
     "cpu-fast": PrecisionPlan(
         "cpu-fast",
         INT8_B256,
