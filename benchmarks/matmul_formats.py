@@ -11,7 +11,8 @@ read bandwidth of the machine (onnxruntime's ReduceSum over 1 GiB, the same thre
 
 Why: the fastest 8-bit format depends on the CPU's instructions. With AVX-512 VNNI the 8-bit MatMulNBits
 kernel (blocks of 256) ran faster than per-tensor dynamic int8; on an AVX2-only CPU the order can reverse.
-Run this on the node you deploy to before choosing between ``int8``, ``int8-blocks`` and ``cpu-fast``.
+Run this on the node you deploy to before choosing between ``cpu-fast`` (per-tensor int8) and
+``cpu-fast-vnni`` (8-bit blocks), or ``int8`` and ``int8-blocks``.
 """
 
 from __future__ import annotations

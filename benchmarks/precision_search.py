@@ -43,6 +43,7 @@ FFN = frozenset({Module.FFN})
 CANDIDATES: dict[str, PrecisionPlan] = {
     "int8": PLANS["int8"],
     "cpu-fast": PLANS["cpu-fast"],
+    "cpu-fast-vnni": PLANS["cpu-fast-vnni"],
     "int4": PLANS["int4"],
     "int4-b32": PrecisionPlan("int4-b32", INT4_B32),
     "int4-lm8": PrecisionPlan("int4-lm8", INT4_B128, (Rule(INT8, LM),)),
@@ -66,8 +67,8 @@ CANDIDATES: dict[str, PrecisionPlan] = {
         for n in (10, 12, 14, 16)
         for block, fmt in ((128, INT4_B128), (256, INT4_B256))
     },
-    # the first cpu-fast (2026-12-04 morning): per-tensor int8 with int4 FFN in the last 10 layers; on AVX2-only
-    # CPUs per-tensor int8 can be the faster 8-bit kernel (benchmarks/matmul_formats.py)
+    # per-tensor int8 with int4 FFN in the last 10 layers: the plan of cpu-fast (the first one, 2026-12-04
+    # morning, and again since 2026-12-05, when cpu-fast-vnni took the 8-bit block variant)
     "int8-ffn10-int4b128": PrecisionPlan("int8-ffn10-int4b128", INT8, (Rule(INT4_B128, FFN, layers=(-10, None)),)),
 }
 

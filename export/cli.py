@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", *PLANS, "fp16"),
         default="fp32",
         help="decoder weights: fp32 (default); int8 (per tensor), int8-blocks (8-bit, a scale per 256 weights), "
-        "int4; cpu-fast: the recommended CPU preset (8-bit blocks, int4 FFN in the last 10 layers, int8 KV "
-        "cache; docs/design.md §8); fp16 (CUDA); recorded in the manifest",
+        "int4; cpu-fast: the recommended CPU preset (int8, int4 FFN in the last 10 layers, int8 KV cache; "
+        "docs/design.md §8); cpu-fast-vnni: the same with 8-bit blocks, faster on AVX-512 VNNI / AVX-VNNI CPUs; "
+        "fp16 (CUDA); recorded in the manifest",
     )
     parser.add_argument(
         "--kv-cache",

@@ -190,15 +190,25 @@ PLANS: dict[str, PrecisionPlan] = {
     ),
     # The fastest mix measured within mean KL 0.01 per codebook of fp32 (benchmarks/precision_search.py, design
     # §8): int4 error costs far more in the first layers than in the last, and FFN weights less per byte than
-    # attention, so the FFN of the last 10 of 24 layers is int4 and the rest (lm heads included) 8-bit blocks,
-    # with the int8 KV cache. The 8-bit MatMuls are MatMulNBits blocks of 256 rather than per-tensor int8:
-    # 2 % more bytes, lower drift, and a faster two-row kernel on CPUs with VNNI (on AVX2-only CPUs per-tensor
-    # int8 is faster: the runtime warns there, runtime/cpus.py).
+    # attention, so the FFN of the last 10 of 24 layers is int4 and the rest (lm heads included) int8, with the
+    # int8 KV cache. The 8-bit MatMuls are per-tensor int8 because that is the format that is fast on every x86
+    # CPU we measured: on AVX2-only CPUs onnxruntime's 8-bit block kernel runs 1.45x slower at one prompt
+    # (benchmarks/matmul_formats.py), while on AVX-512 VNNI the block variant (cpu-fast-vnni) saves only ~3 %.
     "cpu-fast": PrecisionPlan(
         "cpu-fast",
+        INT8,
+        (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
+        summary="int8 decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache",
+        kv_cache="static-int8",
+    ),
+    # cpu-fast with 8-bit MatMulNBits blocks of 256 for the 8-bit MatMuls: 2 % more bytes and lower drift, and
+    # the fastest preset on CPUs with AVX-512 VNNI / AVX-VNNI (9.64 vs 9.95 s for a 10 s clip); slower than
+    # cpu-fast without them (the runtime warns at load there, runtime/cpus.py).
+    "cpu-fast-vnni": PrecisionPlan(
+        "cpu-fast-vnni",
         INT8_B256,
         (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
-        summary="8-bit block decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache",
+        summary="8-bit block decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache (VNNI CPUs)",
         kv_cache="static-int8",
     ),
 }

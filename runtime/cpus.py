@@ -138,6 +138,6 @@ def block_weights_advice(precision_plan: dict, flags: frozenset[str] | None) -> 
     return (
         f"this export ({name}) has {block8} decoder MatMuls with 8-bit block weights (MatMulNBits); on this CPU "
         "(AVX2, no AVX-512 VNNI or AVX-VNNI) that kernel runs slower than per-tensor int8 (measured 1.4x at one "
-        "prompt, 2.2x at four): for speed here, export with --precision int8 --kv-cache static-int8 "
+        "prompt, 2.2x at four): for speed here, export with --precision cpu-fast (per-tensor int8) "
         "(benchmarks/matmul_formats.py measures this node; docs/design.md §8)"
     )

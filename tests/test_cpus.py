@@ -92,7 +92,7 @@ def test_spin_control_and_thread_errors():
         make_session_options(None, allow_spinning="no")
 
 
-CPU_FAST_PLAN = {"name": "cpu-fast", "default": "int8/b256", "matmuls": {"int4/b128": 20, "int8/b256": 125}}
+VNNI_PLAN = {"name": "cpu-fast-vnni", "default": "int8/b256", "matmuls": {"int4/b128": 20, "int8/b256": 125}}
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma"})
 
 
@@ -107,15 +107,15 @@ def test_cpu_vector_flags_reads_the_first_processor(tmp_path):
 
 
 def test_block_weight_advice_only_for_8bit_blocks_on_avx2_without_vnni():
-    advice = cpus_module.block_weights_advice(CPU_FAST_PLAN, AVX2)
-    assert advice is not None and "125" in advice and "--precision int8 --kv-cache static-int8" in advice
+    advice = cpus_module.block_weights_advice(VNNI_PLAN, AVX2)
+    assert advice is not None and "125" in advice and "--precision cpu-fast" in advice
     # a CPU with VNNI runs the 8-bit block kernel fast: no advice
-    assert cpus_module.block_weights_advice(CPU_FAST_PLAN, AVX2 | {"avx512_vnni"}) is None
-    assert cpus_module.block_weights_advice(CPU_FAST_PLAN, AVX2 | {"avx_vnni"}) is None
+    assert cpus_module.block_weights_advice(VNNI_PLAN, AVX2 | {"avx512_vnni"}) is None
+    assert cpus_module.block_weights_advice(VNNI_PLAN, AVX2 | {"avx_vnni"}) is None
     # per-tensor int8 and int4 exports, unknown CPUs and non-x86 CPUs: nothing to say
     int8_plan = {"name": "int8", "default": "int8", "matmuls": {"int8": 145}}
     assert cpus_module.block_weights_advice(int8_plan, AVX2) is None
     assert cpus_module.block_weights_advice({"name": "int4", "matmuls": {"int4/b128": 145}}, AVX2) is None
     assert cpus_module.block_weights_advice({}, AVX2) is None
-    assert cpus_module.block_weights_advice(CPU_FAST_PLAN, None) is None
-    assert cpus_module.block_weights_advice(CPU_FAST_PLAN, frozenset({"fp", "asimd", "asimddp"})) is None
+    assert cpus_module.block_weights_advice(VNNI_PLAN, None) is None
+    assert cpus_module.block_weights_advice(VNNI_PLAN, frozenset({"fp", "asimd", "asimddp"})) is None

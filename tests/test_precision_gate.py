@@ -194,5 +194,10 @@ def test_preset_exports_with_its_kv_cache(tmp_path):
     assert preset.kv_cache == "static-int8"
     assert _default_kv_cache("cpu-fast") == "static-int8"
     assert _default_kv_cache("int8") == "static"
-    assert preset.format_for(Module.LM_HEAD, None, 24) == INT8_B256
-    assert preset.format_for(Module.FFN, 14, 24) == INT4_B128 and preset.format_for(Module.FFN, 13, 24) == INT8_B256
+    assert preset.format_for(Module.LM_HEAD, None, 24) == INT8
+    assert preset.format_for(Module.FFN, 14, 24) == INT4_B128 and preset.format_for(Module.FFN, 13, 24) == INT8
+    # the VNNI variant: the same int4 layers, 8-bit MatMulNBits blocks for the rest, the same cache
+    vnni = PLANS["cpu-fast-vnni"]
+    assert vnni.kv_cache == "static-int8" and _default_kv_cache("cpu-fast-vnni") == "static-int8"
+    assert vnni.format_for(Module.SELF_ATTENTION, 20, 24) == INT8_B256
+    assert vnni.format_for(Module.FFN, 14, 24) == INT4_B128 and vnni.format_for(Module.FFN, 13, 24) == INT8_B256
