@@ -181,6 +181,17 @@ def _except(modules: Iterable[Module]) -> frozenset[Module]:
     return frozenset(Module) - frozenset(modules)
 
 
+def _cpu_preset(name: str, eight_bit: MatMulFormat, what: str, suffix: str = "") -> PrecisionPlan:
+    """The CPU presets' shared mix: ``eight_bit`` everywhere except int4 (block 128) FFN in the last 10 layers."""
+    return PrecisionPlan(
+        name,
+        eight_bit,
+        (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
+        summary=f"{what}, int4 (block 128) FFN in the last 10 layers, int8 KV cache{suffix}",
+        kv_cache="static-int8",
+    )
+
+
 #: the decoder's MatMul plans by ``--precision`` name (fp32 and fp16 are whole-graph choices, precision.py)
 PLANS: dict[str, PrecisionPlan] = {
     "int8": PrecisionPlan("int8", INT8, summary="every decoder MatMul int8"),
@@ -194,23 +205,11 @@ PLANS: dict[str, PrecisionPlan] = {
     # int8 KV cache. The 8-bit MatMuls are per-tensor int8 because that is the format that is fast on every x86
     # CPU we measured: on AVX2-only CPUs onnxruntime's 8-bit block kernel runs 1.45x slower at one prompt
     # (benchmarks/matmul_formats.py), while on AVX-512 VNNI the block variant (cpu-fast-vnni) saves only ~3 %.
-    "cpu-fast": PrecisionPlan(
-        "cpu-fast",
-        INT8,
-        (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
-        summary="int8 decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache",
-        kv_cache="static-int8",
-    ),
+    "cpu-fast": _cpu_preset("cpu-fast", INT8, "int8 decoder"),
     # cpu-fast with 8-bit MatMulNBits blocks of 256 for the 8-bit MatMuls: 2 % more bytes and lower drift, and
     # the fastest preset on CPUs with AVX-512 VNNI / AVX-VNNI (9.64 vs 9.95 s for a 10 s clip); slower than
     # cpu-fast without them (the runtime warns at load there, runtime/cpus.py).
-    "cpu-fast-vnni": PrecisionPlan(
-        "cpu-fast-vnni",
-        INT8_B256,
-        (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
-        summary="8-bit block decoder, int4 (block 128) FFN in the last 10 layers, int8 KV cache (VNNI CPUs)",
-        kv_cache="static-int8",
-    ),
+    "cpu-fast-vnni": _cpu_preset("cpu-fast-vnni", INT8_B256, "8-bit block decoder", " (VNNI CPUs)"),
 }
 
 
