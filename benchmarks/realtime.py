@@ -9,7 +9,10 @@ For each export (batch 1, classifier-free guidance, sampling, 2 threads), after 
   (wall / duration), median ms/step, and the text-encode / audio-decode parts;
 - **stream**: ``stream(duration=10, chunk_seconds=1)``: each chunk's arrival time after the call, against its
   playback deadline. Playback starts when the first chunk arrives, so chunk i is due when the audio before it has
-  played: ``first_arrival + chunk.start``. ``late_s`` > 0 is a buffering pause a listener hears.
+  played: ``first_arrival + chunk.start``. ``late_s`` > 0 is a buffering pause a listener hears. With
+  ``--streams N`` the stream runs N times in a row (same seed): the record keeps the first run's chunks and
+  every run's first audio, and the table shows their median and range (one run's first audio varies by
+  ~0.1-0.2 s on a 2-vCPU VM);
 - **floor**: the bytes a decoder step must read (the decoder's weights, embedding tables excepted, plus the KV
   cache of both CFG rows at the clip's mean position) over the memory bandwidth measured here (2 threads reading
   a 1 GiB buffer): the step time no kernel can beat on this machine, and the clip time it implies, next to what
@@ -156,7 +159,10 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
         with OtherCpu() as whole_other:
             whole = whole_clip(model, args.duration, args.seed)
         with OtherCpu() as stream_other:
-            streamed = stream(model, args.duration, args.chunk, args.seed)
+            runs = [stream(model, args.duration, args.chunk, args.seed) for _ in range(args.streams)]
+        streamed = runs[0]
+        streamed["first_audio_runs_s"] = [run["first_audio_s"] for run in runs]
+        streamed["pauses_runs"] = [run["pauses"] for run in runs]
         whole["other_cpu_percent"], streamed["other_cpu_percent"] = whole_other.percent, stream_other.percent
         steps = whole["steps"]
     weights = _decoder_bytes(model_dir)
@@ -208,6 +214,14 @@ def measure_transformers(args: argparse.Namespace, export_dir: Path) -> dict[str
     }
 
 
+def _first_audio(stream_record: dict[str, Any]) -> str:
+    """The first audio of one stream run, or the median and range of several."""
+    runs = stream_record.get("first_audio_runs_s") or [stream_record["first_audio_s"]]
+    if len(runs) == 1:
+        return f"{runs[0]:.2f} s"
+    return f"{statistics.median(runs):.2f} s ({min(runs):.2f}-{max(runs):.2f})"
+
+
 def table(records: list[dict[str, Any]], transformers: dict[str, Any] | None, duration: float) -> str:
     base = records[-1]["whole"]["wall_s"]
     lines = [
@@ -220,7 +234,7 @@ def table(records: list[dict[str, Any]], transformers: dict[str, Any] | None, du
         lines.append(
             f"| {Path(r['export']).name} ({r['precision']}) | {r['kv_cache']} | {w['wall_s']:.2f} s | "
             f"{w['rtf']:.2f} | {w['step_median_ms']:.1f} ms | {base / w['wall_s']:.2f}x | {f['step_ms']:.1f} ms | "
-            f"{f['decode_loop_s']:.1f} s | {s['first_audio_s']:.2f} s | {s['pauses']} ({s['paused_s']:.2f} s) | "
+            f"{f['decode_loop_s']:.1f} s | {_first_audio(s)} | {s['pauses']} ({s['paused_s']:.2f} s) | "
             f"{w['other_cpu_percent']:g} / {s['other_cpu_percent']:g} |"
         )
     if transformers and "error" not in transformers:
@@ -238,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("exports", nargs="+", type=Path, help="export dirs; the ratio column is against the last")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--chunk", type=float, default=1.0, help="stream chunk seconds")
+    p.add_argument("--streams", type=int, default=1, help="stream runs per export (first audio: median, range)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--transformers-steps", type=int, default=150, help="0: skip transformers")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.streams < 1:
+        p.error(f"--streams must be at least 1, got {args.streams}")
     load_before = os.getloadavg()
     bandwidth = measure_bandwidth(args.threads)
     print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s", file=sys.stderr, flush=True)
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     for export in args.exports:
         records.append(measure_export(export, args, bandwidth))
         r = records[-1]
-        print(f"{export}: {r['whole']['wall_s']} s whole, first audio {r['stream']['first_audio_s']} s, "
+        print(f"{export}: {r['whole']['wall_s']} s whole, first audio {_first_audio(r['stream'])}, "
               f"{r['stream']['pauses']} pauses", file=sys.stderr, flush=True)  # fmt: skip
     transformers = None
     if args.transformers_steps:
