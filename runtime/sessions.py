@@ -57,6 +57,11 @@ def make_session_options(threads: int | None, allow_spinning: bool | None = None
     cgroup quota), not onnxruntime's default of every core on the host. ``allow_spinning`` None keeps
     onnxruntime's default (worker threads spin between parallel sections: lowest latency on a dedicated
     node); False makes idle workers sleep, which costs a little latency and gives the CPU back to neighbours.
+
+    Spinning workers stop when their run returns (onnxruntime's ``session.force_spinning_stop``): they still
+    spin between the parallel sections of one run, where it pays, but a model's graphs run one after another
+    (text encoder, cross K/V, decoder steps, EnCodec), each with its own pool, and a pool left spinning for
+    tens of ms after its run took a core from the next graph's pool (docs/design.md §11).
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(
@@ -70,6 +75,7 @@ def make_session_options(threads: int | None, allow_spinning: bool | None = None
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = available_cpus() if threads is None else threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if allow_spinning is not None:
         flag = "1" if allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", flag)

@@ -85,6 +85,9 @@ def test_spin_control_and_thread_errors():
         make_session_options(1, allow_spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
     )
     assert isinstance(make_session_options(None), ort.SessionOptions)
+    # a model's graphs run one after another: no pool may keep spinning past its own run (docs/design.md §11)
+    for spinning in (None, True, False):
+        assert make_session_options(2, spinning).get_session_config_entry("session.force_spinning_stop") == "1"
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=r"threads must be a positive integer, or None for the CPUs"):
             make_session_options(bad)
