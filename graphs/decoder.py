@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cross_attention import CrossAttention
+
 FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask"]
 
 
@@ -104,22 +106,20 @@ class DecoderStep(nn.Module):
 
     @staticmethod
     def cross_mask(encoder_attention_mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive bias for padded text, and a 0/1 factor for rows that have no text at all.
+        """The text's key padding mask (int32, as MultiHeadAttention takes it), and a 0/1 factor for rows
+        that have no text at all.
 
         A row with no text (CFG's unconditional half) attends to nothing: its output is 0, as in
-        transformers, rather than softmax's uniform average over masked keys.
+        transformers, rather than softmax's average over masked keys.
         """
-        text_mask = encoder_attention_mask.to(dtype)
-        bias = (1.0 - text_mask)[:, None, None, :] * torch.finfo(dtype).min
-        has_text = (text_mask.sum(dim=1) > 0).to(dtype)[:, None, None, None]
-        return bias, has_text
+        has_text = (encoder_attention_mask.sum(dim=1) > 0).to(dtype)[:, None, None]
+        return encoder_attention_mask.to(torch.int32), has_text
 
-    def cross_and_ffn(self, layer, hidden, cross_key, cross_value, cross_bias, has_text) -> torch.Tensor:
+    def cross_and_ffn(self, layer, hidden, cross_key, cross_value, text_mask, has_text) -> torch.Tensor:
         residual = hidden
-        x = layer.encoder_attn_layer_norm(hidden)
-        q = self._heads(layer.encoder_attn.q_proj(x))
-        attn = _attention(q, cross_key, cross_value, cross_bias, self.scale) * has_text
-        hidden = residual + layer.encoder_attn.out_proj(self._merge(attn))
+        q = layer.encoder_attn.q_proj(layer.encoder_attn_layer_norm(hidden))
+        attn = CrossAttention.apply(q, cross_key, cross_value, text_mask, self.num_heads, self.scale) * has_text
+        hidden = residual + layer.encoder_attn.out_proj(attn)
         residual = hidden
         x = layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden)))
         return residual + layer.fc2(x)
@@ -141,7 +141,7 @@ class DecoderStep(nn.Module):
         key_positions = torch.arange(seq_len + past_len, device=input_ids.device)
         causal = (key_positions[None, :] > positions[:, None]).to(hidden.dtype) * torch.finfo(hidden.dtype).min
         causal = causal[None, None]
-        cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
+        text_mask, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
 
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -152,7 +152,7 @@ class DecoderStep(nn.Module):
             v = torch.cat([past[2 * i + 1], self._heads(layer.self_attn.v_proj(x))], dim=2)
             presents += [k, v]
             hidden = residual + layer.self_attn.out_proj(self._merge(_attention(q, k, v, causal, self.scale)))
-            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], cross_bias, has_text)
+            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], text_mask, has_text)
         return (self.head(hidden), *presents)
 
     def example_inputs(

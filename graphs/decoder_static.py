@@ -135,7 +135,7 @@ class DecoderStaticStep(DecoderStep):
         hidden = self.embed(input_ids, position_ids)
         seqlens_k = position_ids[:, -1].to(torch.int32)
         total = total_sequence_length
-        cross_bias, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
+        text_mask, has_text = self.cross_mask(encoder_attention_mask, hidden.dtype)
 
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -146,7 +146,7 @@ class DecoderStaticStep(DecoderStep):
             )
             presents += [key, value]
             hidden = residual + layer.self_attn.out_proj(attn)
-            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], cross_bias, has_text)
+            hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], text_mask, has_text)
 
         last = self.layer_norm(hidden[:, -1])
         logits = torch.matmul(last, self.lm_weight().t()).reshape(batch, self.num_codebooks, self.vocab)

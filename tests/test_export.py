@@ -220,3 +220,20 @@ def test_external_data_is_readable_by_others(tiny_mono_checkpoint, tmp_path, mon
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "ext" / "decoder.onnx.data").stat().st_mode)
     assert mode == 0o644
+
+
+@pytest.mark.parametrize("which", ["stereo", "stereo_concat"])
+def test_cross_attention_is_one_node_per_layer(which, request):
+    """graphs/cross_attention.py: the text attention of each layer is one MultiHeadAttention node fed by the
+    text mask, with none of the plain-op form left (its per-node cost is what the fused node saves)."""
+    import onnx
+
+    export_dir = request.getfixturevalue(f"exported_{which}")
+    graph = onnx.load(str(export_dir / "decoder.onnx"), load_external_data=False).graph
+    layers = Manifest.load(export_dir).decoder.num_layers
+    fused = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(fused) == layers
+    cross_inputs = {f"cross_key.{i}" for i in range(layers)} | {f"cross_value.{i}" for i in range(layers)}
+    assert {name for n in fused for name in n.input[1:3]} == cross_inputs
+    softmaxes = sum(n.op_type == "Softmax" for n in graph.node)
+    assert softmaxes == (layers if which == "stereo_concat" else 0)  # the concat graph's self-attention only
