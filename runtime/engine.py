@@ -80,12 +80,15 @@ class Engine:
         cuda_graph: bool = False,
         device_sampling: bool = False,
         fixed_buffers: bool | None = None,
+        codec_options: ort.SessionOptions | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.providers = providers
         self.device = "cuda" if providers[0] == _CUDA else "cpu"
         self.session_options = options
+        #: EnCodec's sessions: the same, without per-shape memory patterns (``make_session_options``)
+        self.codec_options = options if codec_options is None else codec_options
         #: Every onnxruntime run of this model on the CPU holds the gate: one thread pool computes at a time
         #: (the decoder loop and the clients' EnCodec decodes would otherwise oversubscribe the cores, see gate).
         self.gate = ComputeGate(enabled=self.device == "cpu")
@@ -107,11 +110,11 @@ class Engine:
         #: CUDA; ``fixed_buffers=True`` runs the same layout on the CPU). Used by the batching engine.
         self.fixed_buffers = self.device != "cpu" if fixed_buffers is None else bool(fixed_buffers)
         self.sampler = self._open(graphs["sampler"].file) if device_sampling else None
-        self.codec_decoder = self._open(graphs["encodec_decode"].file)
+        self.codec_decoder = self._open(graphs["encodec_decode"].file, codec=True)
         self._codec_encoder: ort.InferenceSession | None = None  # opened on the first audio prompt
         #: the stateful EnCodec decoder of streams (docs/design.md §10), opened now: a stream's first chunk must
         #: not wait for a session to open while the decoder loop runs ahead
-        self.codec_stream = self._open(graphs["encodec_stream"].file) if self.has_stateful_codec else None
+        self.codec_stream = self._open(graphs["encodec_stream"].file, codec=True) if self.has_stateful_codec else None
         self.tokenizer = TextTokenizer(
             model_dir / manifest.text.tokenizer_file, manifest.text.pad_token_id, manifest.text.max_tokens
         )
@@ -176,7 +179,10 @@ class Engine:
             skip = ("text_encoder", "encodec_encode") + (() if device_sampling else ("sampler",))
             verify_files(model_dir, manifest, tuple(r for r in manifest.graphs if r not in skip))
         sessions = (providers, options, text_encoder)
-        engine = cls(model_dir, manifest, *sessions, bool(cuda_graph), bool(device_sampling), fixed_buffers)
+        codec_options = make_session_options(threads, allow_spinning, memory_pattern=False)
+        engine = cls(
+            model_dir, manifest, *sessions, bool(cuda_graph), bool(device_sampling), fixed_buffers, codec_options
+        )
         logger.info(
             "loaded %s (%s) with %s%s",
             model_dir,
@@ -193,9 +199,10 @@ class Engine:
             )
         return engine
 
-    def _open(self, file: str) -> ort.InferenceSession:
+    def _open(self, file: str, codec: bool = False) -> ort.InferenceSession:
         """A session on this engine's providers; one that silently lost CUDA is an error (the probe had it)."""
-        session = open_session(self.model_dir / file, self.providers, self.session_options)
+        options = self.codec_options if codec else self.session_options
+        session = open_session(self.model_dir / file, self.providers, options)
         check_session_providers(session, self.providers, "cuda")
         return session
 
@@ -243,7 +250,7 @@ class Engine:
                     "re-export it to use audio prompts"
                 )
             verify_files(self.model_dir, self.manifest, ("encodec_encode",))
-            self._codec_encoder = self._open(spec.file)
+            self._codec_encoder = self._open(spec.file, codec=True)
         batch, channels, length = audio.shape
         mono = np.ascontiguousarray(audio.transpose(1, 0, 2).reshape(channels * batch, 1, length), np.float32)
         with self.gate:
@@ -275,6 +282,26 @@ class Engine:
             for row, (b, c) in enumerate(group):
                 audio[b, c] = out[row, 0]
         return audio
+
+    def warm_up_codec(self, seconds: float | None = None) -> float:
+        """Decode ``seconds`` of codes (every channel; at most one call's ``CODEC_CALL_FRAMES``, which None means)
+        once and return the seconds it took.
+
+        onnxruntime keeps the activation memory of a call in its arena for the calls after it. On a VM the
+        first touch of that much fresh memory (~2 GB for 10 s of stereo) made a process's first long decode
+        ~0.9 s slower than the next (2.3-2.5 vs 1.6 s on 2 cores); a server pays it here, at start, instead of
+        in its first request (docs/design.md §10).
+        """
+        longest = CODEC_CALL_FRAMES // self.channels
+        if seconds is None:
+            frames = longest
+        elif isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"seconds must be a positive number, or None for the longest call, got {seconds!r}")
+        else:
+            frames = max(1, min(int(np.ceil(seconds * self.manifest.audio.frame_rate)), longest))
+        started = time.perf_counter()
+        self.decode_codes(np.zeros((1, self.manifest.decoder.num_codebooks, frames), np.int64))
+        return time.perf_counter() - started
 
     @property
     def has_stateful_codec(self) -> bool:

@@ -50,7 +50,9 @@ class ProviderUnavailableError(RuntimeError):
     """provider="cuda" was asked for, but onnxruntime could not start its CUDA execution provider."""
 
 
-def make_session_options(threads: int | None, allow_spinning: bool | None = None) -> ort.SessionOptions:
+def make_session_options(
+    threads: int | None, allow_spinning: bool | None = None, memory_pattern: bool = True
+) -> ort.SessionOptions:
     """Session options shared by every graph of a model.
 
     ``threads`` None means the CPUs this process may actually use (``cpus.available_cpus``: affinity and
@@ -62,6 +64,11 @@ def make_session_options(threads: int | None, allow_spinning: bool | None = None
     spin between the parallel sections of one run, where it pays, but a model's graphs run one after another
     (text encoder, cross K/V, decoder steps, EnCodec), each with its own pool, and a pool left spinning for
     tens of ms after its run took a core from the next graph's pool (docs/design.md §11).
+
+    ``memory_pattern`` False: onnxruntime plans no memory pattern per input shape. EnCodec's sessions run with it
+    off: their inputs change length call by call (clip lengths, stream chunks), every new length's pattern is
+    one more fresh block of up to ~2 GB, and on a VM fresh memory made such a call ~1.4x slower, while the
+    warm call is no faster with a pattern than without (docs/design.md §10).
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(
@@ -76,6 +83,7 @@ def make_session_options(threads: int | None, allow_spinning: bool | None = None
     options.intra_op_num_threads = available_cpus() if threads is None else threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.enable_mem_pattern = bool(memory_pattern)
     if allow_spinning is not None:
         flag = "1" if allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", flag)

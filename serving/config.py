@@ -39,7 +39,7 @@ class ServeConfig:
     max_upload_bytes: int = 16 * 1024 * 1024  # multipart bodies with an audio prompt
     retry_after_s: int = 2
     stall_after_s: float = 60.0  # watchdog: work waiting and no decoder step for this long -> unhealthy
-    warmup_seconds: float = 0.5  # generated once at replica start (0: no warm-up)
+    warmup_seconds: float = 0.5  # generated once at replica start, then EnCodec over max_seconds (0: no warm-up)
     verify: bool = True  # hash every file against the manifest at replica start
     allow_spinning: bool = False  # replicas share nodes: idle onnxruntime workers sleep
     fault_injection: bool = False  # enables POST /debug/stall (fault drills and tests only)

@@ -120,6 +120,8 @@ class MusicGenService:
         if config.warmup_seconds > 0:
             t0 = time.perf_counter()
             self.model.generate("warm-up", duration=config.warmup_seconds, do_sample=False)
+            # EnCodec's activation memory for the longest decode a request may ask for (capped at one call)
+            self.model.warm_up_codec(config.max_seconds)
             self.warmup_seconds = time.perf_counter() - t0
         logger.info(
             "serving %s (%s, %s) on %s: loaded in %.1f s, warm-up %.1f s",

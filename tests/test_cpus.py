@@ -95,6 +95,30 @@ def test_spin_control_and_thread_errors():
         make_session_options(None, allow_spinning="no")
 
 
+def test_codec_sessions_plan_no_memory_pattern_and_warm_up(exported_stereo):
+    """EnCodec's inputs change length call by call: its sessions keep no per-shape memory pattern (each new length's
+    pattern was one more fresh block), the decoder's keep theirs; ``warm_up_codec`` decodes once ahead of requests."""
+    assert make_session_options(2).enable_mem_pattern
+    assert not make_session_options(2, memory_pattern=False).enable_mem_pattern
+    with MusicGen.load(exported_stereo, provider="cpu") as model:
+        engine = model.engine
+        assert not engine.codec_decoder.get_session_options().enable_mem_pattern
+        assert not engine.codec_stream.get_session_options().enable_mem_pattern
+        assert engine.decoder.get_session_options().enable_mem_pattern
+        calls = []
+        real = engine.codec_decoder.run
+        engine.codec_decoder.run = lambda names, feeds: calls.append(feeds["audio_codes"].shape) or real(names, feeds)
+        assert model.warm_up_codec(0.5) > 0
+        assert model.warm_up_codec() > 0
+        frame_rate, channels = model.frame_rate, model.channels
+        per_channel = model.manifest.decoder.num_codebooks // channels
+        # one call each: every channel of 0.5 s, then of the longest call (CODEC_CALL_FRAMES in all)
+        assert calls == [(channels, per_channel, int(0.5 * frame_rate)), (channels, per_channel, 1500 // channels)]
+        for bad in (0, -1.0, True, "2"):
+            with pytest.raises(ValueError, match="seconds must be a positive number, or None for the longest call"):
+                model.warm_up_codec(bad)
+
+
 VNNI_PLAN = {"name": "cpu-fast-vnni", "default": "int8/b256", "matmuls": {"int4/b128": 20, "int8/b256": 125}}
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma"})
 
