@@ -49,14 +49,15 @@ class TimedSession:
 
 def instrument(model, log: list[tuple[str, float, float]]) -> None:
     """Wrap the sessions the streaming path calls (the engine's, and the batching engine's decoder)."""
+    if model.batcher is None:
+        raise SystemExit(f"{model.model_dir} runs without the batching engine (concat KV cache): this benchmark times "
+                         "the batching engine's stream path; use a static-cache export")  # fmt: skip
     engine = model.engine
     for attribute, graph in (("text_encoder", "text"), ("cross_kv", "cross_kv"), ("codec_stream", "encodec"),
                              ("codec_decoder", "encodec")):  # fmt: skip
         session = getattr(engine, attribute)
         if session is not None:
             setattr(engine, attribute, TimedSession(session, graph, log))
-    if model.batcher is None:
-        raise SystemExit("this benchmark times the batching engine's stream path; load without max_batch=0")
     model.batcher.decoder.session = TimedSession(model.batcher.decoder.session, "decoder", log)
 
 

@@ -228,10 +228,8 @@ def _first_audio(stream_record: dict[str, Any]) -> str:
 
 
 def _first_clip(record: dict[str, Any]) -> str:
-    first = record.get("whole_first")
-    if not first:
-        return "-"
-    return f"{first['wall_s']:.2f} s (EnCodec {first['timings_s'].get('audio_decode', float('nan')):.2f} s)"
+    first = record["whole_first"]
+    return f"{first['wall_s']:.2f} s (EnCodec {first['timings_s']['audio_decode']:.2f} s)"
 
 
 def table(records: list[dict[str, Any]], transformers: dict[str, Any] | None, duration: float) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 
 
-def _placeholder(g):
-    from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
-
-    return _optional_input_placeholder_tensor(g)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over [B, heads, S, head_dim]: the reference arithmetic of every attention in
+    the decoder graphs (self-attention of the concat graph, and ``CrossAttention.forward``)."""
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class CrossAttention(torch.autograd.Function):
@@ -32,18 +33,19 @@ class CrossAttention(torch.autograd.Function):
         batch, length, width = query.shape
         q = query.view(batch, length, num_heads, width // num_heads).transpose(1, 2)
         bias = (1.0 - key_padding_mask.to(query.dtype))[:, None, None, :] * torch.finfo(query.dtype).min
-        scores = torch.matmul(q, key.transpose(2, 3)) * scale + bias
-        out = torch.matmul(torch.softmax(scores, dim=-1), value)
+        out = attention(q, key, value, bias, scale)
         return out.transpose(1, 2).reshape(batch, length, width)
 
     @staticmethod
     def symbolic(g, query, key, value, key_padding_mask, num_heads: int, scale: float):
+        from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
+
         out = g.op(
             "com.microsoft::MultiHeadAttention",
             query,
             key,
             value,
-            _placeholder(g),  # no bias: the projections are plain MatMuls
+            _optional_input_placeholder_tensor(g),  # no bias: the projections are plain MatMuls
             key_padding_mask,
             num_heads_i=num_heads,
             scale_f=scale,

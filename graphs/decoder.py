@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cross_attention import CrossAttention
+from .cross_attention import CrossAttention, attention
 
 FIXED_INPUT_NAMES = ["input_ids", "encoder_attention_mask"]
 
@@ -58,11 +58,6 @@ def dynamic_axes(
     axes.update({name: {0: "batch", 2: past_axis} for name in past_names(num_layers)})
     axes.update({name: {0: "batch", 2: present_axis} for name in present_names(num_layers)})
     return axes
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
-    scores = torch.matmul(q, k.transpose(2, 3)) * scale + bias
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class DecoderStep(nn.Module):
@@ -151,7 +146,7 @@ class DecoderStep(nn.Module):
             k = torch.cat([past[2 * i], self._heads(layer.self_attn.k_proj(x))], dim=2)
             v = torch.cat([past[2 * i + 1], self._heads(layer.self_attn.v_proj(x))], dim=2)
             presents += [k, v]
-            hidden = residual + layer.self_attn.out_proj(self._merge(_attention(q, k, v, causal, self.scale)))
+            hidden = residual + layer.self_attn.out_proj(self._merge(attention(q, k, v, causal, self.scale)))
             hidden = self.cross_and_ffn(layer, hidden, cross[2 * i], cross[2 * i + 1], text_mask, has_text)
         return (self.head(hidden), *presents)
 
