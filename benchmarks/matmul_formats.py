@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "int8 blocks of 32 (MatMulNBits)": lambda p: quantize_int4(p, 32, 8),
         "int4 blocks of 128 (MatMulNBits)": lambda p: quantize_int4(p, 128, 4),
         "int4 blocks of 256 (MatMulNBits)": lambda p: quantize_int4(p, 256, 4),
+        "int4 blocks of 32 (MatMulNBits)": lambda p: quantize_int4(p, 32, 4),
+        # what the exporter does not write, and why: fp32 activations (accuracy level 1) instead of int8 blocks
+        "int4 blocks of 128, fp32 activations (MatMulNBits, accuracy level 1)": lambda p: quantize_int4(p, 128, 4, 1),
     }
     record: dict = {
         **cpu_description(),

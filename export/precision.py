@@ -63,14 +63,19 @@ def quantize_int8(path: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def quantize_int4(path: Path, block_size: int = 128, bits: int = 4) -> None:
-    """Block-wise weights (MatMulNBits, accuracy level 4 = int8 activations on CPU), 4 or 8 bits."""
+def quantize_int4(path: Path, block_size: int = 128, bits: int = 4, accuracy_level: int = 4) -> None:
+    """Block-wise weights (MatMulNBits), 4 or 8 bits.
+
+    ``accuracy_level`` 4 (int8 activations on CPU) is what the exporter writes; the others exist for
+    ``benchmarks/matmul_formats.py``, which shows why (levels 0 and 1 compute in fp32, 5-10x slower at 2 rows)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level, bits=bits
+    )
     quantizer = MatMulNBitsQuantizer(load_onnx(path), algo_config=config)
     quantizer.process()
     save_onnx(quantizer.model.model, path)
