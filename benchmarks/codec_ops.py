@@ -23,7 +23,6 @@ Neither is what the exporter writes: the table is the evidence for that choice (
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure_common import cpu_description
+from measure_common import cpu_description, kernel_times_us
+from musicgen_onnx.runtime.streaming import snr_db
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -87,12 +87,7 @@ def profile_ops(path: Path, feeds: dict[str, np.ndarray], threads: int) -> dict[
     events = json.loads(trace.read_text())
     trace.unlink()
     last_run = [e for e in events if e.get("name") == "model_run"][-1]
-    by_op: collections.Counter[str] = collections.Counter()
-    by_node: collections.Counter[str] = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= last_run["ts"]:
-            by_op[event["args"]["op_name"]] += event["dur"]
-            by_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
+    by_op, by_node = kernel_times_us(events, last_run["ts"])
     return {
         "run_ms": last_run["dur"] / 1e3,
         "ops_ms": {op: round(us / 1e3, 1) for op, us in by_op.most_common()},
@@ -127,11 +122,6 @@ def elementwise_ms(shape: tuple[int, ...], threads: int, repeats: int = 5) -> di
             best = min(best, time.perf_counter() - started)
         result[op] = best * 1e3
     return result
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = float(((other - reference) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((reference**2).sum()) / noise)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ RSS / GPU-memory / CPU-contention sampling of a timed phase, and the per-step st
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import resource
@@ -180,3 +181,15 @@ def cpu_description() -> dict[str, Any]:
         pass
     vector = sorted(flag for flag in flags if flag.startswith(("avx", "amx")) or "vnni" in flag)
     return {"cpu_model": model, "cpu_flags": vector}
+
+
+def kernel_times_us(events: list[dict[str, Any]], since_us: float) -> tuple[collections.Counter, collections.Counter]:
+    """Kernel microseconds per operator type and per node name in an onnxruntime profile trace (the JSON events of
+    ``end_profiling``), counting only nodes that started at or after ``since_us`` (the runs to summarise)."""
+    per_op: collections.Counter = collections.Counter()
+    per_node: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= since_us:
+            per_op[event["args"]["op_name"]] += event["dur"]
+            per_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
+    return per_op, per_node

@@ -21,7 +21,6 @@ Python step (``SlotDecoder.step``), onnxruntime's ``model_run``, and the kernels
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import statistics
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure_common import kernel_times_us
 
 MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
 
@@ -117,11 +117,7 @@ def _profile(engine, args, prompts: int, length: int) -> dict:
         step_ms = _steps(decoder, prompts, args.profile_at, args.repeats + 2, rng)[2:]  # two warm-up steps
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-args.repeats :]
-    first = runs[0]["ts"]
-    per_op: collections.Counter = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first:
-            per_op[event["args"]["op_name"]] += event["dur"]
+    per_op, _ = kernel_times_us(events, runs[0]["ts"])
     kernels = sum(per_op.values()) / args.repeats / 1000
     ops = {op: round(us / args.repeats / 1000, 2) for op, us in per_op.most_common(8)}
     wall = {
