@@ -22,7 +22,7 @@ from .gate import ComputeGate
 from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
 from .manifest import KVCache, Manifest, verify_files
 from .melody import MelodyCondition, MelodyDecoderRunner
-from .options import SamplingOptions
+from .options import SamplingOptions, is_real
 from .sampler import GraphSampler
 from .sessions import (
     check_session_providers,
@@ -295,7 +295,7 @@ class Engine:
         longest = CODEC_CALL_FRAMES // self.channels
         if seconds is None:
             frames = longest
-        elif isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        elif not is_real(seconds) or seconds <= 0:
             raise ValueError(f"seconds must be a positive number, or None for the longest call, got {seconds!r}")
         else:
             frames = max(1, min(int(np.ceil(seconds * self.manifest.audio.frame_rate)), longest))

@@ -114,7 +114,7 @@ def test_codec_sessions_plan_no_memory_pattern_and_warm_up(exported_stereo):
         per_channel = model.manifest.decoder.num_codebooks // channels
         # one call each: every channel of 0.5 s, then of the longest call (CODEC_CALL_FRAMES in all)
         assert calls == [(channels, per_channel, int(0.5 * frame_rate)), (channels, per_channel, 1500 // channels)]
-        for bad in (0, -1.0, True, "2"):
+        for bad in (0, -1.0, True, "2", float("inf")):
             with pytest.raises(ValueError, match="seconds must be a positive number, or None for the longest call"):
                 model.warm_up_codec(bad)
 
