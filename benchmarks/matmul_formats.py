@@ -7,7 +7,7 @@ with CFG, 8 for four prompts). This times exactly that, without the rest of the 
 MatMul pairs (1024 -> 4096 -> 1024, 335.5 M weights) fed ``--rows`` rows, in every weight format the exporter
 writes, each quantized by the exporter's own functions (``export/precision.py``) from the same random fp32
 weights. Per format: median ms per pass, the weight bytes it reads and the rate (bytes / time), next to the
-read bandwidth of the machine (onnxruntime's ReduceSum over 1 GiB, the same threads).
+read bandwidth of the machine (``measure_common.read_bandwidth``, the same threads).
 
 Why: the fastest 8-bit format depends on the CPU's instructions. With AVX-512 VNNI the 8-bit MatMulNBits
 kernel (blocks of 256) ran faster than per-tensor dynamic int8; on an AVX2-only CPU the order can reverse.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure_common import cpu_description
+from measure_common import cpu_description, read_bandwidth
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -92,29 +92,6 @@ def time_pass(path: Path, rows: int, threads: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def read_bandwidth(threads: int, work: Path) -> float:
-    """Bytes/s onnxruntime's ReduceSum reads from a 1 GiB tensor with ``threads`` threads (best of 5)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    path = work / "reduce.onnx"
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
-        "reduce",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    session = _session(path, threads)
-    data = np.ones((1 << 30) // 4, np.float32)
-    best = 0.0
-    for _ in range(5):
-        started = time.perf_counter()
-        session.run(None, {"x": data})
-        best = max(best, data.nbytes / (time.perf_counter() - started))
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 8], help="activation rows (2 = 1 prompt + CFG)")
@@ -147,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="matmul-formats-") as tmp:
         work = Path(tmp)
-        record["read_bandwidth_gbs"] = read_bandwidth(args.threads, work) / 1e9
+        record["read_bandwidth_gbs"] = read_bandwidth(args.threads) / 1e9
         logger.info("read bandwidth: %.1f GB/s (%d threads)", record["read_bandwidth_gbs"], args.threads)
         for name, quantize in formats.items():
             folder = work / name.split()[0] / str(len(record["results"]))

@@ -193,3 +193,37 @@ def kernel_times_us(events: list[dict[str, Any]], since_us: float) -> tuple[coll
             per_op[event["args"]["op_name"]] += event["dur"]
             per_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
     return per_op, per_node
+
+
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> float:
+    """Bytes per second onnxruntime's CPU kernels stream from memory with ``threads`` threads.
+
+    The one probe behind every "floor" in benchmarks/ (bytes a step must read over this number), so that floors
+    from different scripts compare. A ReduceSum over the last axis of a [2048, n] float tensor, median of
+    ``repeats``: onnxruntime splits the rows over its pool. Two probes used before gave other numbers on the
+    same minute: a reduction to a scalar runs on one thread (~18 GB/s where this reads ~28 on the AVX2 machine),
+    and numpy's ``add.reduce`` in Python threads read ~10 % less than this.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rows = 2048
+    columns = megabytes * (1 << 20) // (4 * rows)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    graph = helper.make_graph(
+        [node], "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, columns])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.ones((rows, columns), np.float32)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - started)
+    return x.nbytes / sorted(times)[len(times) // 2]

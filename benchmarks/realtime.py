@@ -17,9 +17,9 @@ For each export (batch 1, classifier-free guidance, sampling, 2 threads), after 
   every run's first audio, and the table shows their median and range (one run's first audio varies by
   ~0.1-0.2 s on a 2-vCPU VM);
 - **floor**: the bytes a decoder step must read (the decoder's weights, embedding tables excepted, plus the KV
-  cache of both CFG rows at the clip's mean position) over the memory bandwidth measured here (2 threads reading
-  a 1 GiB buffer): the step time no kernel can beat on this machine, and the clip time it implies, next to what
-  is reached.
+  cache of both CFG rows at the clip's mean position) over the read bandwidth measured here
+  (``measure_common.read_bandwidth``, the probe every floor in benchmarks/ uses): the step time no kernel can
+  beat on this machine, and the clip time it implies, next to what is reached.
 
 transformers' own ``generate`` (fp32, same random weights, ``benchmarks/measure.py transformers``) is timed in the
 same run for ``--transformers-steps`` steps; its clip time is projected as steps x median ms/step (marked so).
@@ -33,32 +33,15 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure_common import cpu_description
+from measure_common import cpu_description, read_bandwidth
 
 HERE = Path(__file__).resolve().parent
 TEXT = "80s synthwave with a driving bassline and bright arpeggios"
-
-
-def measure_bandwidth(threads: int, gib: float = 1.0, repeats: int = 3) -> float:
-    """Read bandwidth in bytes/s: ``threads`` numpy threads summing their share of one buffer (best of repeats)."""
-    data = np.ones(int(gib * (1 << 30)) // 4, np.float32)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(repeats):
-        workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
-        started = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        best = max(best, data.nbytes / (time.perf_counter() - started))
-    return best
 
 
 class OtherCpu:
@@ -273,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.streams < 1:
         p.error(f"--streams must be at least 1, got {args.streams}")
     load_before = os.getloadavg()
-    bandwidth = measure_bandwidth(args.threads)
+    bandwidth = read_bandwidth(args.threads)
     print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s", file=sys.stderr, flush=True)
     records = []
     for export in args.exports:

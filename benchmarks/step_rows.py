@@ -11,8 +11,8 @@ steps after two warm-up steps; with several exports the cells are measured inter
 each export), so a change in the machine's speed hits every export alike.
 
 Each cell also gets its floor: the bytes a step must read (MatMul weights once, then per row its cross K/V and
-its KV cache up to the position) over the read bandwidth that ``--bandwidth`` measures here (onnxruntime's
-ReduceSum over 256 MB with the same threads). ``--profile-at P`` adds onnxruntime's per-operator profile at
+its KV cache up to the position) over the read bandwidth measured here with the same threads
+(``measure_common.read_bandwidth``). ``--profile-at P`` adds onnxruntime's per-operator profile at
 position P for 1 and for the largest prompt count: the kernel time per step of each operator type (profiling
 adds overhead; read the shares, not the totals), and where a step's wall time goes outside the kernels: the
 Python step (``SlotDecoder.step``), onnxruntime's ``model_run``, and the kernels' sum.
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure_common import kernel_times_us
+from measure_common import kernel_times_us, read_bandwidth
 
 MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
 
@@ -63,32 +63,6 @@ def _step_bytes(decoder, weights: int, prompts: int, position: int) -> int:
     cross = sum(c[:rows].nbytes for c in decoder.cross)
     per_position = sum(c[:rows, :, :1].nbytes for c in decoder.cache)
     return weights + cross + per_position * (position + 1)
-
-
-def read_bandwidth(threads: int, megabytes: int = 256, repeats: int = 7) -> float:
-    """Bytes per second onnxruntime reads with ``threads`` threads: median ReduceSum over ``megabytes``."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    rows = 2048
-    columns = megabytes * (1 << 20) // (4 * rows)
-    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
-    graph = helper.make_graph(
-        [node], "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, columns])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows])],
-        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = np.ones((rows, columns), np.float32)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - started)
-    return x.nbytes / statistics.median(times)
 
 
 def _steps(decoder, prompts: int, position: int, count: int, rng) -> list[float]:
