@@ -9,6 +9,7 @@ import json
 import logging
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -226,4 +227,4 @@ def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> floa
         started = time.perf_counter()
         session.run(None, {"x": x})
         times.append(time.perf_counter() - started)
-    return x.nbytes / sorted(times)[len(times) // 2]
+    return x.nbytes / statistics.median(times)
