@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 RESULT_MARKER = "BENCH_RESULT "
@@ -228,3 +229,28 @@ def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> floa
         session.run(None, {"x": x})
         times.append(time.perf_counter() - started)
     return x.nbytes / statistics.median(times)
+
+
+def decoder_weight_bytes(model_dir: Path) -> int:
+    """Weight bytes a decoder step reads: every initializer of the export's decoder except the embedding tables
+    (a Gather reads one row of those), scales and zero points included.
+
+    The one count behind every step floor in benchmarks/ (``realtime.py``, ``step_rows.py``). They used to count
+    two ways (all initializers vs the inputs of the MatMul nodes), 0.04-0.24 % apart by the LayerNorm weights.
+    """
+    import numpy as np
+    import onnx
+
+    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+    graph = onnx.load(Path(model_dir) / manifest["graphs"]["decoder"]["file"], load_external_data=False).graph
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for tensor in graph.initializer:
+        if consumers.get(tensor.name, set()) <= {"Gather"}:
+            continue
+        size = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        total += int(np.prod(tensor.dims, dtype=np.int64)) * size
+    return total

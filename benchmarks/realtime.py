@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from measure_common import cpu_description, read_bandwidth
+from measure_common import cpu_description, decoder_weight_bytes, read_bandwidth
 
 HERE = Path(__file__).resolve().parent
 TEXT = "80s synthwave with a driving bassline and bright arpeggios"
@@ -66,24 +65,6 @@ def _busy_seconds() -> float:
 def _own_seconds() -> float:
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-def _decoder_bytes(model_dir: Path) -> int:
-    """Weight bytes a decoder step reads: every initializer except the embedding tables (a Gather reads a row)."""
-    import onnx
-
-    graph = onnx.load(model_dir / "decoder.onnx", load_external_data=False).graph
-    consumers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
-    total = 0
-    for tensor in graph.initializer:
-        if consumers.get(tensor.name, set()) <= {"Gather"}:
-            continue
-        size = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        total += int(np.prod(tensor.dims, dtype=np.int64)) * size
-    return total
 
 
 def _cache_bytes_per_position(manifest) -> int:
@@ -152,7 +133,7 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
         streamed["pauses_runs"] = [run["pauses"] for run in runs]
         whole["other_cpu_percent"], streamed["other_cpu_percent"] = whole_other.percent, stream_other.percent
         steps = whole["steps"]
-    weights = _decoder_bytes(model_dir)
+    weights = decoder_weight_bytes(model_dir)
     per_position = _cache_bytes_per_position(manifest)
     mean_cache = per_position * steps / 2  # the cache grows linearly: mean position = steps / 2
     floor_step_s = (weights + mean_cache) / bandwidth

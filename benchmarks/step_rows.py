@@ -10,8 +10,9 @@ as the shared zero page and would make the first steps look slow). Each cell is 
 steps after two warm-up steps; with several exports the cells are measured interleaved (position, prompts, then
 each export), so a change in the machine's speed hits every export alike.
 
-Each cell also gets its floor: the bytes a step must read (MatMul weights once, then per row its cross K/V and
-its KV cache up to the position) over the read bandwidth measured here with the same threads
+Each cell also gets its floor: the bytes a step must read (the decoder's weights once, embedding tables excepted:
+``measure_common.decoder_weight_bytes``, as in ``realtime.py``; then per row its cross K/V and its KV cache up to
+the position) over the read bandwidth measured here with the same threads
 (``measure_common.read_bandwidth``). ``--profile-at P`` adds onnxruntime's per-operator profile at
 position P for 1 and for the largest prompt count: the kernel time per step of each operator type (profiling
 adds overhead; read the shares, not the totals), and where a step's wall time goes outside the kernels: the
@@ -29,9 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure_common import kernel_times_us, read_bandwidth
-
-MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
+from measure_common import decoder_weight_bytes, kernel_times_us, read_bandwidth
 
 
 def _decoder(engine, session, slots: int, length: int):
@@ -44,16 +43,6 @@ def _decoder(engine, session, slots: int, length: int):
     for cache in decoder.cache:
         cache.fill(1 if cache.dtype == np.int8 else 0.01)  # touch every page: the loop writes before it reads
     return decoder
-
-
-def _weight_bytes(engine) -> int:
-    """Bytes of the initializers the decoder's matrix multiplies read (every step reads each once)."""
-    import onnx
-
-    model = onnx.load(str(engine.model_dir / engine.manifest.graphs["decoder"].file), load_external_data=False)
-    sizes = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-             for t in model.graph.initializer}  # fmt: skip
-    return sum(sizes.get(name, 0) for node in model.graph.node if node.op_type in MATMUL_OPS for name in node.input)
 
 
 def _step_bytes(decoder, weights: int, prompts: int, position: int) -> int:
@@ -123,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     length = max([*args.positions, args.profile_at or 0]) + args.repeats + 4
     engines = [Engine.open(d, provider="cpu", threads=args.threads) for d in args.export_dirs]
     decoders = [_decoder(e, e.decoder, max(args.prompts), length) for e in engines]
-    weights = [_weight_bytes(e) for e in engines]
+    weights = [decoder_weight_bytes(e.model_dir) for e in engines]
     bandwidth = read_bandwidth(args.threads)
     print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
     rng = np.random.default_rng(0)

@@ -33,3 +33,25 @@ def test_step_rows_records_steps_floors_and_profile(exported_stereo, tmp_path, c
     profile = entry["profile_ms_per_step"]
     assert set(profile) == {"1", "2"} and all(p["ops"] for p in profile.values())
     assert "| position |" in capsys.readouterr().out
+
+
+def test_decoder_weight_bytes_leaves_out_only_the_gathered_tables(exported_stereo):
+    """The floor's weight count: every decoder initializer except the tables a Gather reads one row of (the
+    codebooks' token embeddings and the sinusoidal positions), counted here from the graph's own tensors."""
+    import numpy as np
+    import onnx
+
+    manifest = json.loads((exported_stereo / "manifest.json").read_text())
+    graph = onnx.load(exported_stereo / manifest["graphs"]["decoder"]["file"], load_external_data=False).graph
+    sizes = {
+        t.name: int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in graph.initializer
+    }
+    decoder = manifest["decoder"]
+    token_tables = decoder["num_codebooks"] * (decoder["vocab_size"] + 1) * decoder["hidden_size"] * 4
+    gathered = sum(sizes[name] for node in graph.node if node.op_type == "Gather" for name in node.input[:1]
+                   if name in sizes)  # fmt: skip
+    assert gathered >= token_tables  # the token tables (fp32 in the tiny export), maybe the positions too
+    counted = measure_common.decoder_weight_bytes(exported_stereo)
+    assert counted == sum(sizes.values()) - gathered
+    assert counted > 0
