@@ -170,7 +170,6 @@ def cpu_description() -> dict[str, Any]:
     """The CPU's model and its vector-instruction flags: which quantized kernels are fastest depends on them
     (AVX-512 VNNI or AVX2 only, docs/design.md §8), so every CPU speed record should say which CPU it ran on."""
     import platform
-    from pathlib import Path
 
     model, flags = platform.processor() or "?", set()
     try:
@@ -231,9 +230,9 @@ def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> floa
     return x.nbytes / statistics.median(times)
 
 
-def decoder_weight_bytes(model_dir: Path) -> int:
-    """Weight bytes a decoder step reads: every initializer of the export's decoder except the embedding tables
-    (a Gather reads one row of those), scales and zero points included.
+def decoder_weight_bytes(decoder_file: Path) -> int:
+    """Weight bytes a decoder step reads: every initializer of the decoder graph at ``decoder_file`` except the
+    embedding tables (a Gather reads one row of those), scales and zero points included.
 
     The one count behind every step floor in benchmarks/ (``realtime.py``, ``step_rows.py``). They used to count
     two ways (all initializers vs the inputs of the MatMul nodes), 0.04-0.24 % apart by the LayerNorm weights.
@@ -241,8 +240,7 @@ def decoder_weight_bytes(model_dir: Path) -> int:
     import numpy as np
     import onnx
 
-    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
-    graph = onnx.load(Path(model_dir) / manifest["graphs"]["decoder"]["file"], load_external_data=False).graph
+    graph = onnx.load(decoder_file, load_external_data=False).graph
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
         for name in node.input:

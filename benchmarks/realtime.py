@@ -133,7 +133,7 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
         streamed["pauses_runs"] = [run["pauses"] for run in runs]
         whole["other_cpu_percent"], streamed["other_cpu_percent"] = whole_other.percent, stream_other.percent
         steps = whole["steps"]
-    weights = decoder_weight_bytes(model_dir)
+    weights = decoder_weight_bytes(model_dir / manifest.graphs["decoder"].file)
     per_position = _cache_bytes_per_position(manifest)
     mean_cache = per_position * steps / 2  # the cache grows linearly: mean position = steps / 2
     floor_step_s = (weights + mean_cache) / bandwidth

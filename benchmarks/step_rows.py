@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     length = max([*args.positions, args.profile_at or 0]) + args.repeats + 4
     engines = [Engine.open(d, provider="cpu", threads=args.threads) for d in args.export_dirs]
     decoders = [_decoder(e, e.decoder, max(args.prompts), length) for e in engines]
-    weights = [decoder_weight_bytes(e.model_dir) for e in engines]
+    weights = [decoder_weight_bytes(e.model_dir / e.manifest.graphs["decoder"].file) for e in engines]
     bandwidth = read_bandwidth(args.threads)
     print(f"read bandwidth ({args.threads} threads): {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
     rng = np.random.default_rng(0)

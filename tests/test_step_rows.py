@@ -42,7 +42,8 @@ def test_decoder_weight_bytes_leaves_out_only_the_gathered_tables(exported_stere
     import onnx
 
     manifest = json.loads((exported_stereo / "manifest.json").read_text())
-    graph = onnx.load(exported_stereo / manifest["graphs"]["decoder"]["file"], load_external_data=False).graph
+    decoder_file = exported_stereo / manifest["graphs"]["decoder"]["file"]
+    graph = onnx.load(decoder_file, load_external_data=False).graph
     sizes = {
         t.name: int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in graph.initializer
@@ -52,6 +53,6 @@ def test_decoder_weight_bytes_leaves_out_only_the_gathered_tables(exported_stere
     gathered = sum(sizes[name] for node in graph.node if node.op_type == "Gather" for name in node.input[:1]
                    if name in sizes)  # fmt: skip
     assert gathered >= token_tables  # the token tables (fp32 in the tiny export), maybe the positions too
-    counted = measure_common.decoder_weight_bytes(exported_stereo)
+    counted = measure_common.decoder_weight_bytes(decoder_file)
     assert counted == sum(sizes.values()) - gathered
     assert counted > 0
