@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .engine import Engine
-from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens
+from .generation import DelayPatternState, build_delay_pattern, choose_tokens
 from .job import GenerationRequest
 from .melody import MelodyCondition
 from .melody_slots import MelodySlotDecoder, prefix_budget
@@ -373,15 +373,16 @@ class BatchEngine:
             state.write(tokens)
             self._collect(run)
             return
-        scores = process_logits(
+        tokens = choose_tokens(
             rows.reshape(-1, vocab),
             guidance_scale=options.guidance_scale if run.cfg else None,
             do_sample=options.do_sample,
             temperature=options.temperature,
             top_k=options.top_k or None,
             top_p=options.top_p,
+            rng=run.rng,
         )
-        state.write(select_tokens(scores, do_sample=options.do_sample, rng=run.rng))
+        state.write(tokens)
         self._collect(run)
 
     def _collect(self, run: _Run) -> None:

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from .codec_stream import StatefulStreamDecoder
 from .decoder_runner import make_runner
 from .gate import ComputeGate
-from .generation import DelayPatternState, build_delay_pattern, process_logits, select_tokens, split_channels
+from .generation import DelayPatternState, build_delay_pattern, choose_tokens, split_channels
 from .manifest import KVCache, Manifest, verify_files
 from .melody import MelodyCondition, MelodyDecoderRunner
 from .options import SamplingOptions, is_real
@@ -382,15 +382,15 @@ class Engine:
                 else:
                     with self.gate:
                         logits = runner.step(feed)
-                    scores = process_logits(
+                    tokens = choose_tokens(
                         logits.reshape(-1, logits.shape[-1]),
                         guidance_scale=options.guidance_scale if cfg else None,
                         do_sample=options.do_sample,
                         temperature=options.temperature,
                         top_k=options.top_k or None,
                         top_p=options.top_p,
+                        rng=rng,
                     )
-                    tokens = select_tokens(scores, do_sample=options.do_sample, rng=rng)
                 state.write(tokens)
                 step_times.append(time.perf_counter() - t0)
                 yield state
