@@ -38,7 +38,7 @@ class RowSlice:
 class RowRandom:
     """The uniforms rows ``rows`` of a batch get from the batch's one stream ``default_rng(seed)``.
 
-    Only ``random(n)`` is provided, the one method the samplers call (``generation.select_tokens``,
+    Only ``random(n)`` is provided, the one method the samplers call (``generation.choose_tokens``,
     ``sampler.GraphSampler``); ``n`` is this part's rows x a per-row width, and the whole batch's draw is
     ``rows.of`` x that width."""
 
