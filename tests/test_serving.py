@@ -35,12 +35,21 @@ from serving_fixtures import poll, run_app
 
 SR = 32000
 TIMEOUT = 120  # seconds, for any one HTTP call
+LONG_CLIP_S = 600.0  # the runtime's duration cap: a clip the faults app cannot finish within its 3 s timeout
 
 
 @pytest.fixture(scope="session")
 def faults_app(cluster, exported_mono) -> str:
-    """The tiny mono export with fault drills on, a fast watchdog and a 3 s request timeout, on its own route."""
-    args = dict(model_dir=str(exported_mono), threads=1, fault_injection=True, stall_after_s=2.0, request_timeout_s=3.0)
+    """The tiny mono export with fault drills on, a fast watchdog and a 3 s request timeout, on its own route
+    (clips up to 600 s: enough steps that no machine makes one within the timeout)."""
+    args = dict(
+        model_dir=str(exported_mono),
+        threads=1,
+        fault_injection=True,
+        stall_after_s=2.0,
+        request_timeout_s=3.0,
+        max_duration=LONG_CLIP_S,
+    )
     return run_app({**args, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0}, "faults", "/faults", cluster)
 
 
@@ -220,11 +229,12 @@ def test_a_client_that_disconnects_cancels_its_row(stereo_app):
 
 
 def test_a_request_past_its_timeout_is_408_and_its_row_freed(faults_app):
-    r = post(faults_app, {"input": "too long", "duration": 120.0})  # 6000 steps: far more than 3 s on any machine
+    # 30000 steps: far more than 3 s on any machine (120 s, 6000 steps of the tiny model, once fit in 3 s)
+    r = post(faults_app, {"input": "too long", "duration": LONG_CLIP_S})
     assert r.status_code == 408 and "request_timeout_s=3 s" in r.json()["error"]["message"]
-    with post(faults_app, {"input": "too long", "duration": 120.0, "stream": True}, stream=True) as r:
+    with post(faults_app, {"input": "too long", "duration": LONG_CLIP_S, "stream": True}, stream=True) as r:
         streamed = b"".join(r.iter_content(chunk_size=None))
-    assert r.status_code == 200 and 44 < len(streamed) < 44 + 2 * 120 * SR  # the stream ends early
+    assert r.status_code == 200 and 44 < len(streamed) < 44 + 2 * LONG_CLIP_S * SR  # the stream ends early
     poll(lambda: _engine(faults_app)["active"] == 0, 30, "the timed-out requests to leave the engine")
 
 
