@@ -14,8 +14,8 @@ For each export (batch 1, classifier-free guidance, sampling, 2 threads), after 
   playback deadline. Playback starts when the first chunk arrives, so chunk i is due when the audio before it has
   played: ``first_arrival + chunk.start``. ``late_s`` > 0 is a buffering pause a listener hears. With
   ``--streams N`` the stream runs N times in a row (same seed): the record keeps the first run's chunks and
-  every run's first audio, and the table shows their median and range (one run's first audio varies by
-  ~0.1-0.2 s on a 2-vCPU VM);
+  every run's first audio and pauses; the table shows the first audio's median and range (one run's first
+  audio varies by ~0.1-0.2 s on a 2-vCPU VM) and every run's pauses;
 - **floor**: the bytes a decoder step must read (the decoder's weights, embedding tables excepted, plus the KV
   cache of both CFG rows at the clip's mean position) over the read bandwidth measured here
   (``measure_common.read_bandwidth``, the probe every floor in benchmarks/ uses): the step time no kernel can
@@ -131,6 +131,7 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
         streamed = runs[0]
         streamed["first_audio_runs_s"] = [run["first_audio_s"] for run in runs]
         streamed["pauses_runs"] = [run["pauses"] for run in runs]
+        streamed["paused_s_runs"] = [run["paused_s"] for run in runs]
         whole["other_cpu_percent"], streamed["other_cpu_percent"] = whole_other.percent, stream_other.percent
         steps = whole["steps"]
     weights = decoder_weight_bytes(model_dir / manifest.graphs["decoder"].file)
@@ -191,6 +192,17 @@ def _first_audio(stream_record: dict[str, Any]) -> str:
     return f"{statistics.median(runs):.2f} s ({min(runs):.2f}-{max(runs):.2f})"
 
 
+def _pauses(stream_record: dict[str, Any]) -> str:
+    """Buffering pauses (count and seconds) of every stream run: the acceptance counts each stream, not the first."""
+    counts = stream_record.get("pauses_runs") or [stream_record["pauses"]]
+    seconds = stream_record.get("paused_s_runs") or [stream_record["paused_s"]]
+    if len(counts) == 1:
+        return f"{counts[0]} ({seconds[0]:.2f} s)"
+    clean = sum(n == 0 for n in counts)
+    per_run = " / ".join(f"{n} ({t:.2f} s)" for n, t in zip(counts, seconds, strict=True))
+    return f"{per_run}; {clean} of {len(counts)} without a pause"
+
+
 def _first_clip(record: dict[str, Any]) -> str:
     first = record["whole_first"]
     return f"{first['wall_s']:.2f} s (EnCodec {first['timings_s']['audio_decode']:.2f} s)"
@@ -210,7 +222,7 @@ def table(records: list[dict[str, Any]], transformers: dict[str, Any] | None, du
             f"| {Path(r['export']).name} ({r['precision']}) | {r['kv_cache']} | {w['wall_s']:.2f} s | "
             f"{w['rtf']:.2f} | {_first_clip(r)} | {w['step_median_ms']:.1f} ms | {base / w['wall_s']:.2f}x | "
             f"{f['step_ms']:.1f} ms | "
-            f"{f['decode_loop_s']:.1f} s | {_first_audio(s)} | {s['pauses']} ({s['paused_s']:.2f} s) | "
+            f"{f['decode_loop_s']:.1f} s | {_first_audio(s)} | {_pauses(s)} | "
             f"{w['other_cpu_percent']:g} / {s['other_cpu_percent']:g} |"
         )
     if transformers and "error" not in transformers:
