@@ -195,12 +195,14 @@ def _first_audio(stream_record: dict[str, Any]) -> str:
 def _pauses(stream_record: dict[str, Any]) -> str:
     """Buffering pauses (count and seconds) of every stream run: the acceptance counts each stream, not the first."""
     counts = stream_record.get("pauses_runs") or [stream_record["pauses"]]
-    seconds = stream_record.get("paused_s_runs") or [stream_record["paused_s"]]
     if len(counts) == 1:
-        return f"{counts[0]} ({seconds[0]:.2f} s)"
-    clean = sum(n == 0 for n in counts)
-    per_run = " / ".join(f"{n} ({t:.2f} s)" for n, t in zip(counts, seconds, strict=True))
-    return f"{per_run}; {clean} of {len(counts)} without a pause"
+        return f"{counts[0]} ({stream_record['paused_s']:.2f} s)"
+    seconds = stream_record.get("paused_s_runs")  # records before 2026-12-06 kept only the counts
+    if seconds:
+        per_run = " / ".join(f"{n} ({t:.2f} s)" for n, t in zip(counts, seconds, strict=True))
+    else:
+        per_run = " / ".join(str(n) for n in counts)
+    return f"{per_run}; {sum(n == 0 for n in counts)} of {len(counts)} without a pause"
 
 
 def _first_clip(record: dict[str, Any]) -> str:

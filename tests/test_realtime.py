@@ -32,3 +32,5 @@ def test_pauses_cell_of_one_run_and_of_several():
     assert realtime._pauses(one) == "3 (0.40 s)"
     several = {"pauses": 8, "paused_s": 1.26, "pauses_runs": [8, 0, 4], "paused_s_runs": [1.26, 0.0, 0.23]}
     assert realtime._pauses(several) == "8 (1.26 s) / 0 (0.00 s) / 4 (0.23 s); 1 of 3 without a pause"
+    older = {"pauses": 8, "paused_s": 1.26, "pauses_runs": [8, 0, 0]}  # a record from before paused_s_runs
+    assert realtime._pauses(older) == "8 / 0 / 0; 2 of 3 without a pause"
