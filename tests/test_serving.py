@@ -25,6 +25,7 @@ import soundfile as sf
 import yaml
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.audio import resample
+from musicgen_onnx.runtime.plan import DEFAULT_DURATION_CAP
 from musicgen_onnx.serving import ServeConfig
 from musicgen_onnx.serving.cli import main as serve_cli
 from musicgen_onnx.serving.deployment import build_app
@@ -35,13 +36,13 @@ from serving_fixtures import poll, run_app
 
 SR = 32000
 TIMEOUT = 120  # seconds, for any one HTTP call
-LONG_CLIP_S = 600.0  # the runtime's duration cap: a clip the faults app cannot finish within its 3 s timeout
+LONG_CLIP_S = DEFAULT_DURATION_CAP  # the longest clip the runtime accepts (600 s): no machine makes it in 3 s
 
 
 @pytest.fixture(scope="session")
 def faults_app(cluster, exported_mono) -> str:
     """The tiny mono export with fault drills on, a fast watchdog and a 3 s request timeout, on its own route
-    (clips up to 600 s: enough steps that no machine makes one within the timeout)."""
+    (clips up to the runtime's cap: enough steps that no machine makes one within the timeout)."""
     args = dict(
         model_dir=str(exported_mono),
         threads=1,
@@ -229,7 +230,7 @@ def test_a_client_that_disconnects_cancels_its_row(stereo_app):
 
 
 def test_a_request_past_its_timeout_is_408_and_its_row_freed(faults_app):
-    # 30000 steps: far more than 3 s on any machine (120 s, 6000 steps of the tiny model, once fit in 3 s)
+    # 600 s, 30000 steps: far more than 3 s on any machine (120 s, 6000 steps of the tiny model, once fit in 3 s)
     r = post(faults_app, {"input": "too long", "duration": LONG_CLIP_S})
     assert r.status_code == 408 and "request_timeout_s=3 s" in r.json()["error"]["message"]
     with post(faults_app, {"input": "too long", "duration": LONG_CLIP_S, "stream": True}, stream=True) as r:
