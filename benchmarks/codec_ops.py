@@ -17,7 +17,10 @@ Last, the ELU against Exp and Relu alone on a tensor the size of the last stage'
 CPU Elu is an Eigen kernel, several times the cost of its vectorized Exp, and no exact graph of faster
 standard ops replaces it (each extra elementwise pass over the tensor costs about what Relu does).
 
-Neither is what the exporter writes: the table is the evidence for that choice (benchmarks/README.md).
+The table is the evidence for the exporter's choices (benchmarks/README.md): the CPU presets write the LSTM
+layers in int8 (``--codec-lstm int8``, held at export to 40 dB SNR against PyTorch; 1.36 vs 1.62 s for 10 s of
+stereo on a 2-vCPU AVX-512 VNNI machine), no preset quantizes the convolutions. Run it on an export whose EnCodec
+is fp32 (``--precision fp32`` or ``int8``, or a preset with ``--codec-lstm fp32``): it is the baseline.
 """
 
 from __future__ import annotations
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     from musicgen_onnx.runtime.manifest import Manifest
 
     manifest = Manifest.load(args.export_dir)
+    if manifest.codec_lstm.get("graphs", {}).get("encodec_decode") == "int8":
+        parser.error(
+            f"{args.export_dir} has int8 LSTM weights in EnCodec already (manifest codec_lstm): the baseline must be "
+            "fp32; use an export made with --codec-lstm fp32, or with --precision fp32 / int8"
+        )
     if not 0 < args.seconds <= 60:
         parser.error(f"--seconds must be in (0, 60], got {args.seconds}")
     frames = round(args.seconds * manifest.audio.frame_rate)

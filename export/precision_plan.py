@@ -157,6 +157,9 @@ class PrecisionPlan:
     #: the KV cache (manifest ``decoder.kv_cache`` value) the plan's quality was measured with; the CLI exports
     #: it unless ``--kv-cache`` says otherwise. None: the static fp32 cache.
     kv_cache: str | None = None
+    #: the LSTM weights of EnCodec's decoder graphs (``export.codec_lstm``; the CLI's ``--codec-lstm`` overrides);
+    #: None: fp32
+    codec_lstm: str | None = None
 
     def format_for(self, module: Module, layer: int | None, num_layers: int) -> MatMulFormat:
         for rule in self.rules:
@@ -182,13 +185,18 @@ def _except(modules: Iterable[Module]) -> frozenset[Module]:
 
 
 def _cpu_preset(name: str, eight_bit: MatMulFormat, what: str, suffix: str = "") -> PrecisionPlan:
-    """The CPU presets' shared mix: ``eight_bit`` everywhere except int4 (block 128) FFN in the last 10 layers."""
+    """The CPU presets' shared mix: ``eight_bit`` everywhere except int4 (block 128) FFN in the last 10 layers.
+
+    With the int8 KV cache and int8 LSTM weights in EnCodec's decoder (16 % of its decode time, ~74 dB SNR:
+    docs/design.md §8), each the fastest choice within its quality bound.
+    """
     return PrecisionPlan(
         name,
         eight_bit,
         (Rule(INT4_B128, frozenset({Module.FFN}), layers=(-10, None)),),
-        summary=f"{what}, int4 (block 128) FFN in the last 10 layers, int8 KV cache{suffix}",
+        summary=f"{what}, int4 (block 128) FFN in the last 10 layers, int8 KV cache, int8 EnCodec LSTM{suffix}",
         kv_cache="static-int8",
+        codec_lstm="int8",
     )
 
 

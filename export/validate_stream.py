@@ -39,11 +39,26 @@ def validate_encodec_stream(path: Path, model, wrapper, tol: float) -> list[Chec
         ours = session.run(None, dict(zip(names, (x.numpy() for x in inputs), strict=True)))
         checks.append(_compare(ROLE, f"one call batch={batch} frames={frames} context={context}", ours, ref, tol))
 
+    for (total, steps), (ref, audio) in zip(STREAM_CASES, stream_audio_pairs(session, model, wrapper), strict=True):
+        checks.append(_compare(ROLE, f"stream of {total} frames in steps {steps}", [audio], [ref], tol))
+    return checks
+
+
+#: (total frames, frames ready at each step, frames per graph call) of the streamed clips checked at export;
+#: call_frames 1: one sequence per graph call, so each sequence's carried state is checked on its own
+_STREAMS = [(3, [3], 1500), (40, [5, 9, 17, 18, 30, 40], 1), (23, [8, 23], 1500)]
+STREAM_CASES = [(total, steps) for total, steps, _ in _STREAMS]
+
+
+def stream_audio_pairs(session, model, wrapper) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(reference, ours) per streamed clip: chunks through ``StatefulStreamDecoder`` against one-shot PyTorch."""
+    import torch
+
     spec = stream_spec(wrapper)
     hop = int(np.prod(model.audio_encoder.config.upsampling_ratios))
     rng = np.random.default_rng(0)
-    # call_frames 1: one sequence per graph call, so each sequence's carried state is checked on its own
-    for total, steps, call_frames in [(3, [3], 1500), (40, [5, 9, 17, 18, 30, 40], 1), (23, [8, 23], 1500)]:
+    pairs = []
+    for total, steps, call_frames in _STREAMS:
         codes = rng.integers(0, wrapper.quantizer.codebook_size, (2, wrapper.num_quantizers, total))
         with torch.no_grad():
             ref = model.audio_encoder.decode(torch.from_numpy(codes)[None], [None]).audio_values
@@ -62,6 +77,5 @@ def validate_encodec_stream(path: Path, model, wrapper, tol: float) -> list[Chec
             lstm_shape=(wrapper.num_layers, wrapper.hidden),
         )
         parts = [decoder.step(codes, ready, final=ready == total) for ready in steps]
-        audio = np.concatenate(parts, axis=-1)
-        checks.append(_compare(ROLE, f"stream of {total} frames in steps {steps}", [audio], [ref], tol))
-    return checks
+        pairs.append((ref.numpy(), np.concatenate(parts, axis=-1)))
+    return pairs

@@ -184,6 +184,10 @@ class Manifest:
     precision_plan: dict[str, Any] = field(default_factory=dict)
     #: present when the export has the stateful EnCodec graph (exports before it stream through the overlap path)
     codec_stream: CodecStreamSpec | None = None
+    #: EnCodec's decoder graphs with int8 LSTM weights (export.codec_lstm): the format per graph ("graphs"), the
+    #: SNR of each one's audio against PyTorch measured at export ("snr_db") and the bound ("min_snr_db");
+    #: empty where every LSTM is fp32
+    codec_lstm: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived facts the loop uses -------------------------------------------------------------
     @property
@@ -239,6 +243,7 @@ class Manifest:
                 melody=MelodySpec(**data["melody"]) if data.get("melody") else None,
                 precision_plan=dict(data.get("precision_plan", {})),
                 codec_stream=CodecStreamSpec(**data["codec_stream"]) if data.get("codec_stream") else None,
+                codec_lstm=dict(data.get("codec_lstm", {})),
             )
         except ManifestError:
             raise
