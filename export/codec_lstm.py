@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from musicgen_onnx.runtime.streaming import snr_db
 
-from .lazy_precision import Part, _add, _drop_unused, _ensure_ms_domain, _Shared
+from .lazy_precision import Part, _add, _Shared, replace_nodes
 from .lazy_weights import Lazy
 from .weightless import WeightlessGraph
 
@@ -113,11 +113,7 @@ def quantize_lstms(graph: WeightlessGraph) -> int:
             )
         )
         count += 1
-    del graph.model.graph.node[:]
-    graph.model.graph.node.extend(nodes)
-    if count:
-        _ensure_ms_domain(graph.model)
-    _drop_unused(graph)
+    replace_nodes(graph, nodes, count > 0)
     return count
 
 

@@ -101,6 +101,15 @@ def _ensure_ms_domain(model) -> None:
         entry.domain, entry.version = "com.microsoft", 1
 
 
+def replace_nodes(graph: WeightlessGraph, nodes: list, contrib_ops: bool) -> None:
+    """Make ``nodes`` the graph's nodes (``contrib_ops``: some are com.microsoft's) and drop unread weights."""
+    del graph.model.graph.node[:]
+    graph.model.graph.node.extend(nodes)
+    if contrib_ops:
+        _ensure_ms_domain(graph.model)
+    _drop_unused(graph)
+
+
 def _int8_weight(graph: WeightlessGraph, name: str, weight: Lazy) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization.quant_utils import quantize_data
@@ -225,11 +234,7 @@ def apply_plan(graph: WeightlessGraph, plan: PrecisionPlan) -> dict[str, int]:
             any_nbits = True
         else:
             nodes.append(node)
-    del graph.model.graph.node[:]
-    graph.model.graph.node.extend(nodes)
-    if any_nbits:
-        _ensure_ms_domain(graph.model)
-    _drop_unused(graph)
+    replace_nodes(graph, nodes, any_nbits)
     return counts
 
 
