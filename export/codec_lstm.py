@@ -3,8 +3,9 @@
 Why: EnCodec's decoder runs its two 1024-wide LSTM layers once per frame, and onnxruntime's fp32 LSTM re-reads
 the 16 MB recurrent matrix of each layer at every one of them. With int8 weights (com.microsoft
 ``DynamicQuantizeLSTM``, one scale per gate row) a 10 s stereo decode took 1.36 instead of 1.62 s on a 2-vCPU
-VNNI machine (benchmarks/codec_ops.py), at ~74 dB SNR against the fp32 graph: 2-3 % of a 10 s clip, ~25 ms of
-every 1 s stream chunk. That matters where the clip's budget is real time (docs/design.md §8 and §10).
+VNNI machine (benchmarks/codec_ops.py), at ~74 dB SNR against the fp32 graph; paired in the runtime, 0.13-0.16 s
+of a 10 s clip and ~13 ms of every 1 s stream chunk. That matters where the clip's budget is real time
+(docs/design.md §8 and §10).
 
 The token-level quality gate (KL of the decoder's distributions) does not see the codec, so the converted graph
 is held to an audio bound instead: the SNR of its audio against PyTorch's EnCodec on the same codes must be at
