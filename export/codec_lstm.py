@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 from musicgen_onnx.runtime.streaming import snr_db
 
+from . import onnx_io
 from .lazy_precision import Part, _add, _Shared, replace_nodes
 from .lazy_weights import Lazy
+from .precision_plan import PrecisionPlan, plan_for
 from .weightless import WeightlessGraph
+from .weights_writer import write_model
 
 logger = logging.getLogger("musicgen_onnx")
 
@@ -144,3 +147,48 @@ def audio_snr_db(role: str, path: Path, model, wrapper) -> float:
             (audio,) = session.run(None, {"audio_codes": codes.numpy()})
             pairs.append((reference, audio))
     return min(audio_snr(reference, audio) for reference, audio in pairs)
+
+
+def choose_codec_lstm(codec_lstm: CodecLSTM | str | None, precision: str | PrecisionPlan) -> tuple[CodecLSTM, bool]:
+    """(the LSTM format of EnCodec's decoder graphs, whether the caller asked for it rather than the plan)."""
+    if codec_lstm is None:
+        plan = plan_for(precision)
+        return parse_codec_lstm(plan.codec_lstm if plan is not None and plan.codec_lstm else "fp32"), False
+    choice = parse_codec_lstm(codec_lstm)
+    if choice is CodecLSTM.INT8 and precision == "fp16":
+        raise ValueError("codec_lstm='int8' is a CPU format (DynamicQuantizeLSTM); precision='fp16' is for CUDA")
+    return choice, True
+
+
+def int8_codec_graph(role: str, graph: WeightlessGraph, path: Path, model, wrapper, explicit: bool, record: dict):
+    """Replace the validated fp32 EnCodec graph at ``path`` by its int8-LSTM form if its audio holds the bound.
+
+    Returns the graph's external data files. ``record`` (the manifest's ``codec_lstm``) gets, per role, the
+    format written and the SNR measured, and the bound. Below the bound an ``explicit`` request fails the
+    export; a preset's choice keeps the fp32 graph and warns.
+    """
+    converted = graph.copy()
+    if quantize_lstms(converted) == 0:
+        return write_model(graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
+    external = write_model(converted, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
+    del converted
+    snr = audio_snr_db(role, path, model, wrapper)
+    record.setdefault("snr_db", {})[role] = round(snr, 1)
+    record["min_snr_db"] = MIN_SNR_DB
+    if snr >= MIN_SNR_DB:
+        logger.info("%-15s int8 LSTM weights: audio %.1f dB SNR against PyTorch (bound %.0f dB)", role, snr, MIN_SNR_DB)
+        record.setdefault("graphs", {})[role] = CodecLSTM.INT8.value
+        return external
+    message = (
+        f"{role}: with int8 LSTM weights the audio is {snr:.1f} dB SNR against PyTorch, below the "
+        f"{MIN_SNR_DB:.0f} dB bound"
+    )
+    if explicit:
+        from .validate import ValidationError
+
+        raise ValidationError(f"{message}; export with codec_lstm='fp32' (--codec-lstm fp32)")
+    logger.warning("%s; this graph keeps fp32 LSTM weights", message)
+    record.setdefault("graphs", {})[role] = CodecLSTM.FP32.value
+    for name in external:
+        (path.parent / name).unlink(missing_ok=True)
+    return write_model(graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)

@@ -26,7 +26,7 @@ from musicgen_onnx.runtime.manifest import (
 )
 
 from . import kv_quant, onnx_io
-from .codec_lstm import CODEC_ROLES, MIN_SNR_DB, CodecLSTM, audio_snr_db, parse_codec_lstm, quantize_lstms
+from .codec_lstm import CODEC_ROLES, CodecLSTM, choose_codec_lstm, int8_codec_graph
 from .cuda_graph_check import check_cuda_graph
 from .lazy_precision import convert_precision, precision_changes
 from .loading import LoadedCheckpoint, load_checkpoint, load_random_weights, resolved_generation_defaults
@@ -185,50 +185,6 @@ def _plans(include_audio_encoder: bool, kv_cache: str, precision: str) -> list[G
     return plans
 
 
-def _codec_lstm_choice(codec_lstm: CodecLSTM | str | None, precision: str | PrecisionPlan) -> tuple[CodecLSTM, bool]:
-    """(the LSTM format of EnCodec's decoder graphs, whether the caller asked for it rather than the plan)."""
-    if codec_lstm is None:
-        plan = plan_for(precision)
-        return parse_codec_lstm(plan.codec_lstm if plan is not None and plan.codec_lstm else "fp32"), False
-    choice = parse_codec_lstm(codec_lstm)
-    if choice is CodecLSTM.INT8 and precision == "fp16":
-        raise ValueError("codec_lstm='int8' is a CPU format (DynamicQuantizeLSTM); precision='fp16' is for CUDA")
-    return choice, True
-
-
-def _int8_codec_lstm(plan: GraphPlan, graph, path: Path, model, wrapper, explicit: bool, record: dict) -> list[str]:
-    """Replace the validated fp32 EnCodec graph at ``path`` by its int8-LSTM form if its audio holds the bound.
-
-    Returns the graph's external data files. ``record`` gets, per role, the format written and the SNR measured.
-    """
-    converted = graph.copy()
-    if quantize_lstms(converted) == 0:
-        return write_model(graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
-    external = write_model(converted, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
-    del converted
-    snr = audio_snr_db(plan.role, path, model, wrapper)
-    record.setdefault("snr_db", {})[plan.role] = round(snr, 1)
-    if snr >= MIN_SNR_DB:
-        logger.info(
-            "%-15s int8 LSTM weights: audio %.1f dB SNR against PyTorch (bound %.0f dB)", plan.role, snr, MIN_SNR_DB
-        )
-        record.setdefault("graphs", {})[plan.role] = CodecLSTM.INT8.value
-        return external
-    message = (
-        f"{plan.role}: with int8 LSTM weights the audio is {snr:.1f} dB SNR against PyTorch, below the "
-        f"{MIN_SNR_DB:.0f} dB bound"
-    )
-    if explicit:
-        from .validate import ValidationError
-
-        raise ValidationError(f"{message}; export with codec_lstm='fp32' (--codec-lstm fp32)")
-    logger.warning("%s; this graph keeps fp32 LSTM weights", message)
-    record.setdefault("graphs", {})[plan.role] = CodecLSTM.FP32.value
-    for name in external:
-        (path.parent / name).unlink(missing_ok=True)
-    return write_model(graph, path, onnx_io.EXTERNAL_DATA_MIN_BYTES)
-
-
 def _describe_size(path: Path, external: list[str]) -> str:
     size = path.stat().st_size + sum((path.parent / name).stat().st_size for name in external)
     return f"{size / 1e6:.1f} MB"
@@ -365,7 +321,7 @@ def export_model(
             "precision='fp16' needs kv_cache='static' (GroupQueryAttention keeps the fp16 cache in place; the int8 "
             "cache is for the CPU)"
         )
-    lstm_choice, lstm_explicit = _codec_lstm_choice(codec_lstm, precision)
+    lstm_choice, lstm_explicit = choose_codec_lstm(codec_lstm, precision)
     output_dir = Path(output_dir).expanduser().resolve()
     _prepare_target(output_dir, overwrite)
 
@@ -394,7 +350,7 @@ def export_model(
         files: dict[str, str] = {}
         cuda_graph = False
         matmul_counts: dict[str, int] = {}
-        codec_record: dict[str, dict] = {}
+        codec_record: dict = {}
         for plan in plans:
             t0 = time.perf_counter()
             wrapper = plan.build(ckpt.model).eval()
@@ -431,7 +387,7 @@ def export_model(
                     error = kv_quant.check_quantized(path, calibration)
                     logger.info("int8 KV cache: logits within %.3g of the fp32 graph's (relative, probe)", error)
             if lstm_int8:  # after the fp32 graph passed its parity check
-                external = _int8_codec_lstm(plan, graph, path, ckpt.model, wrapper, lstm_explicit, codec_record)
+                external = int8_codec_graph(plan.role, graph, path, ckpt.model, wrapper, lstm_explicit, codec_record)
             del graph
             t2 = time.perf_counter()
             logger.info(
@@ -460,7 +416,7 @@ def export_model(
         if matmul_plan is not None:
             manifest = dataclasses.replace(manifest, precision_plan=matmul_plan.to_record(matmul_counts))
         if codec_record:
-            manifest = dataclasses.replace(manifest, codec_lstm={**codec_record, "min_snr_db": MIN_SNR_DB})
+            manifest = dataclasses.replace(manifest, codec_lstm=codec_record)
         manifest.save(tmp)
         stage.commit()
     logger.info("export finished in %.1f s: %s", time.perf_counter() - started, output_dir)

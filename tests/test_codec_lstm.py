@@ -107,19 +107,18 @@ def test_audio_stays_within_the_bound_of_transformers(exported_lstm_int8, tiny_s
 
 
 def test_choice_defaults_and_errors():
-    from musicgen_onnx.export.codec_lstm import CodecLSTM
-    from musicgen_onnx.export.exporter import _codec_lstm_choice
+    from musicgen_onnx.export.codec_lstm import CodecLSTM, choose_codec_lstm
 
-    assert _codec_lstm_choice(None, "cpu-fast") == (CodecLSTM.INT8, False)
-    assert _codec_lstm_choice(None, "cpu-fast-vnni") == (CodecLSTM.INT8, False)
-    assert _codec_lstm_choice(None, "int8") == (CodecLSTM.FP32, False)
-    assert _codec_lstm_choice(None, "fp32") == (CodecLSTM.FP32, False)
-    assert _codec_lstm_choice("fp32", "cpu-fast") == (CodecLSTM.FP32, True)
-    assert _codec_lstm_choice("int8", "fp32") == (CodecLSTM.INT8, True)
+    assert choose_codec_lstm(None, "cpu-fast") == (CodecLSTM.INT8, False)
+    assert choose_codec_lstm(None, "cpu-fast-vnni") == (CodecLSTM.INT8, False)
+    assert choose_codec_lstm(None, "int8") == (CodecLSTM.FP32, False)
+    assert choose_codec_lstm(None, "fp32") == (CodecLSTM.FP32, False)
+    assert choose_codec_lstm("fp32", "cpu-fast") == (CodecLSTM.FP32, True)
+    assert choose_codec_lstm("int8", "fp32") == (CodecLSTM.INT8, True)
     with pytest.raises(ValueError, match=r"codec_lstm must be one of \('fp32', 'int8'\), got 'int4'"):
-        _codec_lstm_choice("int4", "fp32")
+        choose_codec_lstm("int4", "fp32")
     with pytest.raises(ValueError, match="CPU format"):
-        _codec_lstm_choice("int8", "fp16")
+        choose_codec_lstm("int8", "fp16")
 
 
 def test_cli_passes_the_choice(monkeypatch, tmp_path):
@@ -141,10 +140,10 @@ def test_cli_passes_the_choice(monkeypatch, tmp_path):
 
 
 def test_below_the_bound_a_preset_keeps_fp32_and_a_request_fails(tiny_stereo_checkpoint, tmp_path, monkeypatch):
-    from musicgen_onnx.export import exporter
+    from musicgen_onnx.export import codec_lstm, exporter
     from musicgen_onnx.export.validate import ValidationError
 
-    monkeypatch.setattr(exporter, "MIN_SNR_DB", 500.0)  # no int8 graph can reach it
+    monkeypatch.setattr(codec_lstm, "MIN_SNR_DB", 500.0)  # no int8 graph can reach it
     preset = tmp_path / "preset"
     manifest = exporter.export_model(
         str(tiny_stereo_checkpoint), preset, precision="cpu-fast", include_audio_encoder=False, validate=False
