@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from musicgen_onnx.runtime.manifest import Manifest
 
     manifest = Manifest.load(args.export_dir)
-    if manifest.codec_lstm.get("graphs", {}).get("encodec_decode") == "int8":
+    if manifest.codec_lstm_format() == "int8":
         parser.error(
             f"{args.export_dir} has int8 LSTM weights in EnCodec already (manifest codec_lstm): the baseline must be "
             "fp32; use an export made with --codec-lstm fp32, or with --precision fp32 / int8"

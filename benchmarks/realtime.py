@@ -144,8 +144,7 @@ def measure_export(model_dir: Path, args: argparse.Namespace, bandwidth: float) 
         "precision_plan": getattr(manifest, "precision_plan", {}),
         "kv_cache": str(getattr(manifest.decoder.kv_cache, "value", manifest.decoder.kv_cache)),
         "streaming_decoder": "stateful" if "encodec_stream" in manifest.graphs else "overlap",
-        # EnCodec's LSTM weights (manifest codec_lstm; exports before it: fp32)
-        "codec_lstm": manifest.codec_lstm.get("graphs", {}).get("encodec_decode", "fp32"),
+        "codec_lstm": manifest.codec_lstm_format(),
         "whole": whole,
         "whole_first": whole_first,
         "stream": streamed,

@@ -190,6 +190,10 @@ class Manifest:
     codec_lstm: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived facts the loop uses -------------------------------------------------------------
+    def codec_lstm_format(self, role: str = "encodec_decode") -> str:
+        """The LSTM weights of an EnCodec decoder graph: "int8" or "fp32" (exports before the field: fp32)."""
+        return str(self.codec_lstm.get("graphs", {}).get(role, "fp32"))
+
     @property
     def codebooks_per_channel(self) -> int:
         """C in the delay pattern: K codebooks interleaved over the audio channels."""

@@ -35,6 +35,7 @@ def exported_lstm_int8(tiny_stereo_checkpoint, tmp_path_factory):
 def test_the_decoder_graphs_get_int8_lstms_and_the_manifest_says_so(exported_lstm_int8, exported_stereo):
     manifest = Manifest.load(exported_lstm_int8)
     assert manifest.codec_lstm["graphs"] == {role: "int8" for role in CODEC_ROLES}
+    assert [manifest.codec_lstm_format(role) for role in CODEC_ROLES] == ["int8", "int8"]
     assert manifest.codec_lstm["min_snr_db"] == 40.0
     assert all(manifest.codec_lstm["snr_db"][role] >= 40.0 for role in CODEC_ROLES)
     for role in CODEC_ROLES:
@@ -42,6 +43,7 @@ def test_the_decoder_graphs_get_int8_lstms_and_the_manifest_says_so(exported_lst
         assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
     assert "LSTM" in _ops(exported_lstm_int8 / "encodec_encode.onnx")  # audio prompts' encoder stays fp32
     assert Manifest.load(exported_stereo).codec_lstm == {}  # the default export keeps fp32
+    assert Manifest.load(exported_stereo).codec_lstm_format() == "fp32"
     assert "LSTM" in _ops(exported_stereo / "encodec_decode.onnx")
 
 
